@@ -1,0 +1,256 @@
+"""Rollouts: sample rationales with thinking-budget forcing, then score token sequences.
+
+One sample is the token sequence   prompt | z | forced | y   (a `Sample`):
+    z       the rationale: tokens the model sampled inside the thinking block, a naturally
+            sampled "</think>" included
+    forced  the "</think>" tokens forced when the thinking budget ran out (else empty)
+    y       the answer after "</think>": the gold answer teacher-forced (GARL, PAFT), or the
+            model's own answer (GRPO, evaluation); EOS included
+
+Two stages:
+    generate(...)           Hugging Face `generate`, M samples per prompt, several prompts per call
+    sequence_logprobs(...)  logp_z = sum of log p over z's tokens, logp_y = sum over y's tokens
+
+Project choices (the paper does not say):
+- Budget forcing happens inside `generate` (a logits processor), so one call serves both modes. A
+  forced token has probability 1 under the sampler: it counts in neither logp_z nor logp_y.
+- End-of-sequence tokens are banned inside the thinking block (a thinking block must close before
+  the answer), and logp_z is the log-probability under that sampler: the softmax over the vocabulary
+  without those tokens. Then logp_z is exactly the log-probability of how z was drawn, which the
+  score-function term needs. Qwen3 in thinking mode almost never ends inside a thinking block, so
+  for the paper's model this is the paper's p(z|x) to within rounding.
+- "</think>" closes the rationale when the sampled tokens end with its tokenization (one token in
+  Qwen3, three in SmolLM2, eight bytes in the tiny model); other spellings of it do not count.
+"""
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+from prompts import THINK_CLOSE
+
+
+@dataclass
+class Sample:
+    prompt_ids: list[int]
+    z_ids: list[int]
+    forced_ids: list[int]
+    y_ids: list[int] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prompt_ids + self.z_ids + self.forced_ids + self.y_ids
+
+    @property
+    def forced(self) -> bool:
+        return bool(self.forced_ids)
+
+
+@dataclass
+class Tokens:
+    """The token ids rollouts need from a tokenizer, worked out once."""
+    close_ids: list[int]  # the tokenization of "</think>"
+    eos_ids: list[int]  # every token that ends a completion (banned while thinking)
+    pad_id: int
+
+    @classmethod
+    def of(cls, tokenizer, generation_config=None) -> "Tokens":
+        eos = {tokenizer.eos_token_id}
+        if generation_config is not None and generation_config.eos_token_id is not None:
+            gen_eos = generation_config.eos_token_id
+            eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        eos.discard(None)
+        close_ids = tokenizer(THINK_CLOSE, add_special_tokens=False).input_ids
+        return cls(close_ids=close_ids, eos_ids=sorted(eos), pad_id=tokenizer.pad_token_id)
+
+
+class BudgetState:
+    """Per-row thinking state during one `generate` call: where each row's rationale closed.
+
+    closed_at[r] = number of generated tokens when row r's rationale closed (-1: still thinking).
+    Shared by the logits processor (bans EOS, forces "</think>") and the stopping criterion.
+    """
+
+    def __init__(self, rows: int, prompt_len: int, budget: int, tokens: Tokens, answer_budget: int | None, device):
+        self.prompt_len, self.budget, self.tokens, self.answer_budget = prompt_len, budget, tokens, answer_budget
+        self.close = torch.tensor(tokens.close_ids, device=device)  # [C]
+        self.closed_at = torch.full((rows,), -1, dtype=torch.long, device=device)  # [R]
+        self.seen_len = -1
+
+    def update(self, input_ids: torch.Tensor) -> int:
+        """Record rationales that just closed; returns n, the number of generated tokens so far."""
+        n = input_ids.shape[1] - self.prompt_len
+        if input_ids.shape[1] != self.seen_len and n >= len(self.close):
+            self.seen_len = input_ids.shape[1]
+            just_closed = (input_ids[:, -len(self.close):] == self.close).all(-1) & (self.closed_at < 0)  # [R]
+            self.closed_at[just_closed] = n
+        return n
+
+
+class ForceThinkingBudget(LogitsProcessor):
+    """Ban EOS while thinking; once `budget` tokens are sampled, force the "</think>" tokens one by one."""
+
+    def __init__(self, state: BudgetState):
+        self.state = state
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        s = self.state
+        n = s.update(input_ids)
+        thinking = s.closed_at < 0  # [R]
+        scores[thinking.nonzero()[:, :1], torch.tensor(s.tokens.eos_ids, device=scores.device)] = float("-inf")
+        if n >= s.budget:  # every row still thinking is being forced now
+            forced_token = s.close[min(n - s.budget, len(s.close) - 1)]
+            rows = thinking.nonzero()[:, 0]
+            scores[rows] = float("-inf")
+            scores[rows, forced_token] = 0.0
+        return scores
+
+
+class StopAfterThinking(StoppingCriteria):
+    """A row is done once its rationale closed (rationale mode) or its answer budget is spent."""
+
+    def __init__(self, state: BudgetState):
+        self.state = state
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        s = self.state
+        n = s.update(input_ids)
+        closed = s.closed_at >= 0
+        if s.answer_budget is None:
+            return closed
+        return closed & (n - s.closed_at >= s.answer_budget)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L] ids and attention mask, padded on the left (generation appends on the right)."""
+    L = max(len(s) for s in seqs)
+    ids = torch.tensor([[pad_id] * (L - len(s)) + s for s in seqs], device=device)
+    mask = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs], device=device)
+    return ids, mask
+
+
+@torch.no_grad()
+def generate(model, prompt_ids: list[list[int]], M: int, tokens: Tokens, think_budget: int,
+             answer_budget: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
+             shared_prefill: bool = True) -> list[list[Sample]]:
+    """Sample M rationales (and answers, if answer_budget is set) for each prompt, in one `generate` call.
+
+    Returns samples[b][m]. Without answer_budget (GARL, PAFT) a row stops when its rationale closes
+    and y is left empty, for the caller to fill with the gold answer. With it (GRPO, evaluation) a
+    row goes on to write its answer: up to answer_budget tokens, ending at the first EOS (kept in y,
+    also when the pad token is the EOS token).
+
+    shared_prefill: run the prompts through the model once and copy their key/value cache M times,
+    instead of letting generate recompute each prompt M times. Same tokens, M times less prefill.
+    """
+    if think_budget < 1:
+        raise ValueError(f"--think-budget must be >= 1, got {think_budget}")
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompt_ids, tokens.pad_id, device)  # [B, L]
+    B, L = ids.shape
+    ids, mask = ids.repeat_interleave(M, 0), mask.repeat_interleave(M, 0)  # [B*M, L]
+    extra = {}
+    if shared_prefill:
+        one_ids, one_mask = ids[::M, :-1], mask[::M, :-1]  # [B, L-1]: generate computes the last prompt token
+        position_ids = (one_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
+        cache = model(input_ids=one_ids, attention_mask=one_mask, position_ids=position_ids, use_cache=True).cache
+        cache.batch_repeat_interleave(M)  # [B*M, ...]: the M samples of a prompt share its prefill
+        extra["cache"] = cache
+
+    state = BudgetState(B * M, L, think_budget, tokens, answer_budget, device)
+    max_new = think_budget + len(tokens.close_ids) + (answer_budget or 0)
+    config = GenerationConfig(  # explicit: a model's own generation_config (Qwen3: top_k=20, T=0.6) must not leak in
+        do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new,
+        eos_token_id=tokens.eos_ids if answer_budget else None, pad_token_id=tokens.pad_id)
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                         logits_processor=LogitsProcessorList([ForceThinkingBudget(state)]),
+                         stopping_criteria=StoppingCriteriaList([StopAfterThinking(state)]), **extra)
+    state.update(out)
+    new = out[:, L:].tolist()  # [B*M, <= max_new]
+    closed_at = state.closed_at.tolist()
+
+    samples = [[] for _ in range(B)]
+    for r, gen in enumerate(new):
+        c = closed_at[r]
+        if c < 0:
+            raise RuntimeError(f"row {r}: the rationale never closed; the budget processor failed")
+        z_end = min(c, think_budget)  # natural close: c <= budget; forced: c = budget + len(close)
+        sample = Sample(prompt_ids[r // M], gen[:z_end], gen[z_end:c])
+        if answer_budget:
+            answer = gen[c:c + answer_budget]
+            ends = [i for i, t in enumerate(answer) if t in tokens.eos_ids]
+            sample.y_ids = answer[:ends[0] + 1] if ends else answer  # the genuine EOS stays, padding goes
+        samples[r // M].append(sample)
+    return samples
+
+
+def _token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, lm_head, banned: torch.Tensor | None) -> torch.Tensor:
+    """log p(target) for each row of hidden [n, H]; banned token ids are left out of the softmax."""
+    logits = lm_head(hidden).float()  # [n, V]
+    if banned is not None:
+        logits = logits.index_fill(1, banned, float("-inf"))
+    return logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(-1)  # [n]
+
+
+def chunked_token_logprobs(hidden, targets, lm_head, banned=None, chunk_tokens: int = 0) -> torch.Tensor:
+    """_token_logprobs over [n, H] in chunks, never holding more than one chunk's [c, V] logits.
+
+    With gradient on, each chunk is checkpointed: backward recomputes its logits instead of keeping
+    them, so the peak is one chunk's logits (at Qwen3's 151,936-token vocabulary, a 5,000-token
+    sequence's full fp32 logits would be 3 GB; a 440-token chunk is 256 MB).
+    """
+    if chunk_tokens <= 0:
+        chunk_tokens = max(64, (1 << 26) // lm_head.weight.shape[0])  # ~256 MB of fp32 logits per chunk
+    parts = []
+    for s in range(0, hidden.shape[0], chunk_tokens):
+        h, t = hidden[s:s + chunk_tokens], targets[s:s + chunk_tokens]
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(_token_logprobs, h, t, lm_head, banned, use_reentrant=False))
+        else:
+            parts.append(_token_logprobs(h, t, lm_head, banned))
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def sequence_logprobs(model, samples: list[Sample], tokens: Tokens, need_z: bool = True,
+                      chunk_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logp_z, logp_y), each [N]: sums of token log-probs over each sample's z and y tokens.
+
+    Gradient flows if it is enabled. Sequences are right-padded, so positions are 0..T-1 for every
+    real token and padding changes nothing. Only z and y positions go through the output layer.
+    need_z=False skips z (the weight pass of GARL/PAFT needs log w = logp_y only) and returns zeros.
+    """
+    device = next(model.parameters()).device
+    seqs = [s.ids for s in samples]
+    T = max(len(s) for s in seqs)
+    ids = torch.tensor([s + [tokens.pad_id] * (T - len(s)) for s in seqs], device=device)  # [N, T]
+    mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs], device=device)  # [N, T]
+
+    # Token t is predicted by the hidden state at t-1: list (row, hidden position) for every z and y token.
+    z_rows, z_pos, y_rows, y_pos = [], [], [], []
+    for n, s in enumerate(samples):
+        z0 = len(s.prompt_ids)
+        y0 = z0 + len(s.z_ids) + len(s.forced_ids)
+        if need_z:
+            z_rows += [n] * len(s.z_ids)
+            z_pos += range(z0 - 1, z0 - 1 + len(s.z_ids))
+        y_rows += [n] * len(s.y_ids)
+        y_pos += range(y0 - 1, y0 - 1 + len(s.y_ids))
+
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, T, H]
+    lm_head = model.get_output_embeddings()
+    banned = torch.tensor(tokens.eos_ids, device=device)
+    out = []
+    for rows, pos, ban in [(z_rows, z_pos, banned), (y_rows, y_pos, None)]:
+        rows, pos = torch.tensor(rows, device=device, dtype=torch.long), torch.tensor(pos, device=device, dtype=torch.long)
+        lp = chunked_token_logprobs(hidden[rows, pos], ids[rows, pos + 1], lm_head, ban, chunk_tokens)  # [n_tokens]
+        out.append(torch.zeros(len(samples), device=device, dtype=lp.dtype).index_add(0, rows, lp))  # [N]
+    return out[0], out[1]
+
+
+@torch.no_grad()
+def log_weights(model, samples: list[Sample], tokens: Tokens, micro_batch: int) -> torch.Tensor:
+    """log w = log p(y*|x, z) for every sample [N], without gradient, in micro-batches (the weight pass)."""
+    parts = [sequence_logprobs(model, samples[i:i + micro_batch], tokens, need_z=False)[1]
+             for i in range(0, len(samples), micro_batch)]
+    return torch.cat(parts)
