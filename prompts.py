@@ -44,6 +44,8 @@ def user_message(example: dict, task: str, start: str) -> str:
     'context: T: s.\\nquestion: Who?'
     """
     if start == "warm":
+        if task not in TASK_DESCRIPTIONS:
+            raise ValueError(f"no warm-start prompt for task {task!r}; known: {', '.join(TASK_DESCRIPTIONS)}")
         return WARM_TEMPLATE.format(description=TASK_DESCRIPTIONS[task], context=example["context"],
                                     question=example["question"], answer_format=ANSWER_FORMATS[task])
     if start == "cold":

@@ -30,6 +30,9 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 
 from prompts import THINK_CLOSE
 
+# The paper's thinking budgets (Sec. 7): 4096 / 3072 / 2048 tokens in all, of which 128 are kept for the answer.
+PAPER_THINK_BUDGETS = {"finqa": 4096 - 128, "hotpotqa": 3072 - 128, "musique": 2048 - 128}
+
 
 @dataclass
 class Sample:

@@ -1,0 +1,136 @@
+"""Evaluate a model: p@1, p@n and maj@n with the paper's relaxed match, plus the official EM/F1.
+
+    python eval.py --model runs/my-run/best --task hotpotqa --split test -n 16
+    python eval.py --model smollm2 --task finqa --data samples/finqa_dev_sample.json -n 4 --limit 8
+
+For each question, sample n completions (thinking block, forced "</think>" at the budget, then up to
+128 answer tokens), extract each answer, and score (paper Sec. 7):
+    p@1     mean over the n samples of substring_match (a normalized gold is a substring of the answer)
+    p@n     1 if any of the n samples is correct
+    maj@n   substring_match of the majority-vote answer
+and, beside them, em@1 and f1@1 (the official HotPotQA/MuSiQue metrics, mean over samples) and, for
+FinQA, numeric@1 (numeric equivalence). Writes DIR/results.json and DIR/predictions.jsonl.
+The paper reports the test number of the checkpoint with the best validation maj@16.
+"""
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import rewards
+from data import TASKS, load_examples
+from prompts import build_prompt
+from rollout import PAPER_THINK_BUDGETS, Tokens, generate
+
+# Project choice: the paper publishes no sampling settings; these are Qwen3's recommended settings
+# for thinking mode. Training samples at temperature 1 instead (on-policy, see train.py).
+EVAL_TEMPERATURE, EVAL_TOP_P = 0.6, 0.95
+ANSWER_BUDGET = 128  # tokens kept for the answer after "</think>" (paper Sec. 7)
+
+
+def score_question(answers: list[str], example: dict, task: str) -> dict:
+    """Metrics of one question's n extracted answers (each a mean over samples or a 0/1)."""
+    golds = [example["answer"]] + example["aliases"]
+    correct = [rewards.substring_match(a, golds) for a in answers]
+    majority = rewards.majority_vote(answers)
+    scores = {"p@1": sum(correct) / len(answers), "p@n": max(correct),
+              "maj@n": rewards.substring_match(majority, golds),
+              "em@1": sum(rewards.exact_match(a, golds) for a in answers) / len(answers),
+              "f1@1": sum(rewards.f1_score(a, golds) for a in answers) / len(answers)}
+    if task == "finqa":
+        scores["numeric@1"] = sum(rewards.numeric_match(a, golds) for a in answers) / len(answers)
+    return scores, majority
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, examples: list[dict], task: str, start: str, n: int, think_budget: int,
+             answer_budget: int = ANSWER_BUDGET, temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P,
+             prompts_per_call: int = 1, progress: bool = True) -> tuple[dict, list[dict]]:
+    """Sample n answers per question and score them. Returns (metrics, per-question predictions).
+
+    Metric names use n: with n = 16, "p@16" and "maj@16", as in the paper.
+    """
+    tokens = Tokens.of(tokenizer, model.generation_config)
+    totals, predictions, forced = {}, [], 0
+    bar = tqdm(total=len(examples), desc="eval", disable=not progress, leave=False)
+    for i in range(0, len(examples), prompts_per_call):
+        batch = examples[i:i + prompts_per_call]
+        prompt_ids = [tokenizer(build_prompt(tokenizer, ex, task, start), add_special_tokens=False).input_ids
+                      for ex in batch]
+        samples = generate(model, prompt_ids, n, tokens, think_budget, answer_budget, temperature, top_p)
+        for ex, group in zip(batch, samples):
+            answers = [rewards.extract_answer(tokenizer.decode(s.y_ids, skip_special_tokens=True)) for s in group]
+            scores, majority = score_question(answers, ex, task)
+            for key, value in scores.items():
+                totals[key] = totals.get(key, 0.0) + value
+            forced += sum(s.forced for s in group)
+            predictions.append({"id": ex["id"], "question": ex["question"], "gold": ex["answer"],
+                                "aliases": ex["aliases"], "answers": answers, "majority": majority, **scores})
+        bar.update(len(batch))
+    bar.close()
+    metrics = {key.replace("@n", f"@{n}"): 100.0 * value / len(examples) for key, value in totals.items()}
+    metrics["forced_frac"] = forced / (n * len(examples))  # share of rationales cut by the thinking budget
+    metrics["questions"] = len(examples)
+    return metrics, predictions
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="checkpoint directory, hub id, 'smollm2' or 'tiny'")
+    p.add_argument("--task", choices=TASKS, required=True, help="which dataset")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test",
+                   help="the paper's subset to evaluate (carved from --data if given, else from the hub)")
+    p.add_argument("--data", default=None, help="local file in the dataset's original format (default: the hub)")
+    p.add_argument("--start", choices=["warm", "cold"], default="warm", help="prompt style (see prompts.py)")
+    p.add_argument("-n", type=int, default=16, help="samples per question (the paper: 16)")
+    p.add_argument("--think-budget", type=int, default=None,
+                   help="thinking tokens before '</think>' is forced (default: the paper's budget for the task)")
+    p.add_argument("--answer-budget", type=int, default=ANSWER_BUDGET, help="tokens for the answer")
+    p.add_argument("--temperature", type=float, default=EVAL_TEMPERATURE, help="sampling temperature")
+    p.add_argument("--top-p", type=float, default=EVAL_TOP_P, help="nucleus sampling threshold")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N questions (0: all)")
+    p.add_argument("--prompts-per-call", type=int, default=1, help="questions per generate call (x n rows)")
+    p.add_argument("--seed", type=int, default=0, help="subset carving and sampling seed")
+    p.add_argument("--out", default=None, help="output directory (default: eval-<task>-<split> beside the model)")
+    args = p.parse_args(argv)
+    if args.n < 1:
+        p.error(f"-n must be >= 1, got {args.n}")
+    if args.data is not None and not os.path.isfile(args.data):
+        p.error(f"--data {args.data}: no such file")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from models import load_model  # after argument checks: bad flags fail before any model loads
+
+    think_budget = args.think_budget or PAPER_THINK_BUDGETS[args.task]
+    examples = load_examples(args.task, args.split, args.data, args.seed)
+    if args.limit:
+        examples = examples[:args.limit]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_model(args.model, device=device)
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        metrics, predictions = evaluate(model, tokenizer, examples, args.task, args.start, args.n, think_budget,
+                                        args.answer_budget, args.temperature, args.top_p, args.prompts_per_call)
+    metrics["seconds"] = time.time() - t0
+    out = Path(args.out or (Path(args.model) if os.path.isdir(args.model) else Path("runs")) / f"eval-{args.task}-{args.split}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "think_budget": think_budget,
+                                                   "metrics": metrics}, indent=2))
+    with open(out / "predictions.jsonl", "w") as f:
+        for row in predictions:
+            f.write(json.dumps(row) + "\n")
+    print(json.dumps(metrics, indent=2))
+    print(f"wrote {out / 'results.json'} and {out / 'predictions.jsonl'}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
