@@ -32,8 +32,8 @@ EVAL_TEMPERATURE, EVAL_TOP_P = 0.6, 0.95
 ANSWER_BUDGET = 128  # tokens kept for the answer after "</think>" (paper Sec. 7)
 
 
-def score_question(answers: list[str], example: dict, task: str) -> dict:
-    """Metrics of one question's n extracted answers (each a mean over samples or a 0/1)."""
+def score_question(answers: list[str], example: dict, task: str) -> tuple[dict, str]:
+    """Metrics of one question's n extracted answers (each a mean over samples or a 0/1), and the majority answer."""
     golds = [example["answer"]] + example["aliases"]
     correct = [rewards.substring_match(a, golds) for a in answers]
     majority = rewards.majority_vote(answers)

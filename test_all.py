@@ -385,3 +385,23 @@ def test_readme_snippet_runs_verbatim():
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["checked"] is True
+
+
+def test_ci_runs_the_readmes_test_command():
+    root = Path(__file__).parent
+    readme = (root / "README.md").read_text()
+    commands = re.findall(r"```bash\n(.*?)\n```", readme.split("## Two commands", 1)[1].split("\n## ", 1)[0], re.S)
+    train_command, test_command = commands
+    assert train_command.endswith("python train.py --q 0.75 --estimator paft")
+    assert test_command.endswith("python -m pytest -q")
+    assert test_command in (root / ".ci" / "run").read_text().splitlines()
+
+
+def test_readme_shows_the_prompts_prompts_py_builds():
+    from prompts import user_message
+    readme = (Path(__file__).parent / "README.md").read_text()
+    shown = re.findall(r"```text\n(.*?)\n```", readme.split("### Prompts", 1)[1], re.S)
+    context = ("Rush: Rush is a Canadian rock band.\n\n"
+               "Counterparts (album): Counterparts is the fifteenth studio album by Rush.")
+    example = {"question": 'Which Canadian rock band released a song called "Counterparts"?', "context": context}
+    assert shown == [user_message(example, "hotpotqa", "warm"), user_message(example, "hotpotqa", "cold")]
