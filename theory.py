@@ -1,4 +1,4 @@
-"""Escape times and equilibria of the J_Q loss family, reproduced numerically (SPEC.md section 2).
+"""Escape times and equilibria of the J_Q loss family, reproduced numerically (paper Sec. 5 and App. C).
 
 Paper: Lin & Ie, "How Fast Should a Model Commit to Supervision?", arXiv 2604.25907.
 
