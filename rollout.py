@@ -1,4 +1,4 @@
-"""Rollouts: sample rationales with thinking-budget forcing, then score token sequences.
+"""Rollouts: sample M rationales per question with thinking-budget forcing (Hugging Face `generate`).
 
 One sample is the token sequence   prompt | z | forced | y   (a `Sample`):
     z       the rationale: tokens the model sampled inside the thinking block, a naturally
@@ -7,9 +7,8 @@ One sample is the token sequence   prompt | z | forced | y   (a `Sample`):
     y       the answer after "</think>": the gold answer teacher-forced (GARL, PAFT), or the
             model's own answer (GRPO, evaluation); EOS included
 
-Two stages:
-    generate(...)           Hugging Face `generate`, M samples per prompt, several prompts per call
-    sequence_logprobs(...)  logp_z = sum of log p over z's tokens, logp_y = sum over y's tokens
+generate(...) samples them, M per prompt and several prompts per call; logprobs.py then scores them
+(logp_z = sum of log p over z's tokens, logp_y = sum over y's tokens).
 
 Project choices (the paper does not say):
 - Budget forcing happens inside `generate` (a logits processor), so one call serves both modes. A
@@ -21,17 +20,26 @@ Project choices (the paper does not say):
   for the paper's model this is the paper's p(z|x) to within rounding.
 - "</think>" closes the rationale when the sampled tokens end with its tokenization (one token in
   Qwen3, three in SmolLM2, eight bytes in the tiny model); other spellings of it do not count.
+
+Performance (bench.py measures it; test_perf.py checks it against the plain path): the M samples of
+a prompt share one prefill (its key/value cache is copied M times, not recomputed), and each step's
+keys and values go into a cache allocated once for the whole rollout instead of being concatenated
+(a copy of the whole cache per layer per step).
 """
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.cache_utils import DynamicLayer
 
 from prompts import THINK_CLOSE
 
 # The paper's thinking budgets (Sec. 7): 4096 / 3072 / 2048 tokens in all, of which 128 are kept for the answer.
 PAPER_THINK_BUDGETS = {"finqa": 4096 - 128, "hotpotqa": 3072 - 128, "musique": 2048 - 128}
+
+# Prompt tokens run through the model so far, by generate, sequence_logprobs and log_weights alike.
+# bench.py reads it to report how much prompt computation sharing saves (it never affects results).
+COUNTS = {"prompt_tokens": 0}
 
 
 @dataclass
@@ -133,6 +141,45 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     return ids, mask
 
 
+def full_attention_only(model) -> bool:
+    """Our cache layers (below) are full-attention layers; a model with sliding-window layers (not
+    Qwen3-0.6B, not SmolLM2) keeps transformers' own caches and the plain paths."""
+    layer_types = getattr(model.config.get_text_config(), "layer_types", None)
+    return layer_types is None or all(t == "full_attention" for t in layer_types)
+
+
+class _GrowingLayer(DynamicLayer):
+    """One layer's key/value cache, in a buffer allocated once for the whole rollout.
+
+    transformers' DynamicLayer appends with torch.cat, which copies the layer's whole cache at every
+    decoding step: O(T^2) bytes over a T-token rollout, and two copies alive at once. Here each step
+    writes its keys and values in place; `keys` and `values` are views of the filled part, so the
+    attention sees exactly the tensors a DynamicLayer would hold. Only `generate`'s sampling uses it.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, repeats: int, capacity: int):
+        super().__init__()
+        B, H, L, D = keys.shape  # the prefilled prompts' cache, one row per prompt
+        self._keys = keys.new_empty(B * repeats, H, capacity, D)  # [B*M, H, capacity, D]
+        self._values = values.new_empty(B * repeats, H, capacity, values.shape[-1])
+        # Copy the prompt's cache into each of its M rows, without materializing the repeated tensor.
+        self._keys.view(B, repeats, H, capacity, D)[..., :L, :] = keys[:, None]
+        self._values.view(B, repeats, H, capacity, -1)[..., :L, :] = values[:, None]
+        self.keys, self.values = self._keys[..., :L, :], self._values[..., :L, :]
+        self.device, self.is_initialized = keys.device, True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        n, L = key_states.shape[-2], self.keys.shape[-2]
+        if L + n > self._keys.shape[-2]:  # never with generate's max_new_tokens; grow like a DynamicLayer would
+            self._keys = torch.cat([self.keys, key_states], -2)
+            self._values = torch.cat([self.values, value_states], -2)
+        else:
+            self._keys[..., L:L + n, :] = key_states
+            self._values[..., L:L + n, :] = value_states
+        self.keys, self.values = self._keys[..., :L + n, :], self._values[..., :L + n, :]
+        return self.keys, self.values
+
+
 @torch.no_grad()
 def generate(model, prompt_ids: list[list[int]], M: int, tokens: Tokens, think_budget: int,
              answer_budget: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
@@ -144,8 +191,9 @@ def generate(model, prompt_ids: list[list[int]], M: int, tokens: Tokens, think_b
     row goes on to write its answer: up to answer_budget tokens, ending at the first EOS (kept in y,
     also when the pad token is the EOS token).
 
-    shared_prefill: run the prompts through the model once and copy their key/value cache M times,
-    instead of letting generate recompute each prompt M times. Same tokens, M times less prefill.
+    shared_prefill: run the prompts through the model once and copy their key/value cache M times
+    (into a cache sized for the whole rollout), instead of letting generate recompute each prompt M
+    times. Same tokens, M times less prefill. False is the plain path, kept as the reference.
     """
     if think_budget < 1:
         raise ValueError(f"--think-budget must be >= 1, got {think_budget}")
@@ -153,16 +201,24 @@ def generate(model, prompt_ids: list[list[int]], M: int, tokens: Tokens, think_b
     ids, mask = left_pad(prompt_ids, tokens.pad_id, device)  # [B, L]
     B, L = ids.shape
     ids, mask = ids.repeat_interleave(M, 0), mask.repeat_interleave(M, 0)  # [B*M, L]
+    max_new = think_budget + len(tokens.close_ids) + (answer_budget or 0)
     extra = {}
     if shared_prefill:
         one_ids, one_mask = ids[::M, :-1], mask[::M, :-1]  # [B, L-1]: generate computes the last prompt token
         position_ids = (one_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
         cache = model(input_ids=one_ids, attention_mask=one_mask, position_ids=position_ids, use_cache=True).cache
-        cache.batch_repeat_interleave(M)  # [B*M, ...]: the M samples of a prompt share its prefill
+        # The M samples of a prompt share its prefill: each layer's cache is copied into M rows of a
+        # buffer with room for every token this call can add (the last prompt token + max_new).
+        if full_attention_only(model):
+            cache.layers = [_GrowingLayer(layer.keys, layer.values, M, L + max_new) for layer in cache.layers]
+        else:  # sliding-window layers keep transformers' own cache classes
+            cache.batch_repeat_interleave(M)
         extra["cache"] = cache
+        COUNTS["prompt_tokens"] += B * (L - 1) + B * M  # the last prompt token runs once per row
+    else:
+        COUNTS["prompt_tokens"] += B * M * L
 
     state = BudgetState(B * M, L, think_budget, tokens, answer_budget, device)
-    max_new = think_budget + len(tokens.close_ids) + (answer_budget or 0)
     config = GenerationConfig(  # explicit: a model's own generation_config (Qwen3: top_k=20, T=0.6) must not leak in
         do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new,
         eos_token_id=tokens.eos_ids if answer_budget else None, pad_token_id=tokens.pad_id)
@@ -186,74 +242,3 @@ def generate(model, prompt_ids: list[list[int]], M: int, tokens: Tokens, think_b
             sample.y_ids = answer[:ends[0] + 1] if ends else answer  # the genuine EOS stays, padding goes
         samples[r // M].append(sample)
     return samples
-
-
-def _token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, lm_head, banned: torch.Tensor | None) -> torch.Tensor:
-    """log p(target) for each row of hidden [n, H]; banned token ids are left out of the softmax."""
-    logits = lm_head(hidden).float()  # [n, V]
-    if banned is not None:
-        logits = logits.index_fill(1, banned, float("-inf"))
-    return logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(-1)  # [n]
-
-
-def chunked_token_logprobs(hidden, targets, lm_head, banned=None, chunk_tokens: int = 0) -> torch.Tensor:
-    """_token_logprobs over [n, H] in chunks, never holding more than one chunk's [c, V] logits.
-
-    With gradient on, each chunk is checkpointed: backward recomputes its logits instead of keeping
-    them, so the peak is one chunk's logits (at Qwen3's 151,936-token vocabulary, a 5,000-token
-    sequence's full fp32 logits would be 3 GB; a 440-token chunk is 256 MB).
-    """
-    if chunk_tokens <= 0:
-        chunk_tokens = max(64, (1 << 26) // lm_head.weight.shape[0])  # ~256 MB of fp32 logits per chunk
-    parts = []
-    for s in range(0, hidden.shape[0], chunk_tokens):
-        h, t = hidden[s:s + chunk_tokens], targets[s:s + chunk_tokens]
-        if torch.is_grad_enabled():
-            parts.append(checkpoint(_token_logprobs, h, t, lm_head, banned, use_reentrant=False))
-        else:
-            parts.append(_token_logprobs(h, t, lm_head, banned))
-    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
-
-
-def sequence_logprobs(model, samples: list[Sample], tokens: Tokens, need_z: bool = True,
-                      chunk_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logp_z, logp_y), each [N]: sums of token log-probs over each sample's z and y tokens.
-
-    Gradient flows if it is enabled. Sequences are right-padded, so positions are 0..T-1 for every
-    real token and padding changes nothing. Only z and y positions go through the output layer.
-    need_z=False skips z (the weight pass of GARL/PAFT needs log w = logp_y only) and returns zeros.
-    """
-    device = next(model.parameters()).device
-    seqs = [s.ids for s in samples]
-    T = max(len(s) for s in seqs)
-    ids = torch.tensor([s + [tokens.pad_id] * (T - len(s)) for s in seqs], device=device)  # [N, T]
-    mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs], device=device)  # [N, T]
-
-    # Token t is predicted by the hidden state at t-1: list (row, hidden position) for every z and y token.
-    z_rows, z_pos, y_rows, y_pos = [], [], [], []
-    for n, s in enumerate(samples):
-        z0 = len(s.prompt_ids)
-        y0 = z0 + len(s.z_ids) + len(s.forced_ids)
-        if need_z:
-            z_rows += [n] * len(s.z_ids)
-            z_pos += range(z0 - 1, z0 - 1 + len(s.z_ids))
-        y_rows += [n] * len(s.y_ids)
-        y_pos += range(y0 - 1, y0 - 1 + len(s.y_ids))
-
-    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, T, H]
-    lm_head = model.get_output_embeddings()
-    banned = torch.tensor(tokens.eos_ids, device=device)
-    out = []
-    for rows, pos, ban in [(z_rows, z_pos, banned), (y_rows, y_pos, None)]:
-        rows, pos = torch.tensor(rows, device=device, dtype=torch.long), torch.tensor(pos, device=device, dtype=torch.long)
-        lp = chunked_token_logprobs(hidden[rows, pos], ids[rows, pos + 1], lm_head, ban, chunk_tokens)  # [n_tokens]
-        out.append(torch.zeros(len(samples), device=device, dtype=lp.dtype).index_add(0, rows, lp))  # [N]
-    return out[0], out[1]
-
-
-@torch.no_grad()
-def log_weights(model, samples: list[Sample], tokens: Tokens, micro_batch: int) -> torch.Tensor:
-    """log w = log p(y*|x, z) for every sample [N], without gradient, in micro-batches (the weight pass)."""
-    parts = [sequence_logprobs(model, samples[i:i + micro_batch], tokens, need_z=False)[1]
-             for i in range(0, len(samples), micro_batch)]
-    return torch.cat(parts)

@@ -4,8 +4,8 @@ import torch
 
 import models
 from prompts import THINK_CLOSE, build_prompt, gold_text, user_message
-from rollout import (ForceThinkingBudget, BudgetState, Sample, StopAfterThinking, Tokens, generate, log_weights,
-                     sequence_logprobs)
+from logprobs import log_weights, sequence_logprobs
+from rollout import BudgetState, ForceThinkingBudget, Sample, StopAfterThinking, Tokens, generate
 
 EXAMPLE = {"id": "x", "question": "Which band recorded Counterparts?",
            "context": "Rush: Rush is a Canadian rock band.\n\nCounterparts: an album by Rush.", "answer": "Rush",

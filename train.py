@@ -34,7 +34,8 @@ from paft import paft_coefficients
 from models import describe, load_model
 from prompts import build_prompt, gold_text
 from qlog import check_q, log_mean_exp, q_loss_of_log
-from rollout import PAPER_THINK_BUDGETS, Tokens, generate, log_weights, sequence_logprobs
+from logprobs import log_weights, sequence_logprobs
+from rollout import PAPER_THINK_BUDGETS, Tokens, generate
 
 SAMPLE_FILES = {"finqa": "samples/finqa_dev_sample.json", "hotpotqa": "samples/hotpotqa_dev_distractor_sample.json",
                 "musique": "samples/musique_ans_dev_sample.jsonl"}
@@ -204,7 +205,10 @@ def gradient_pass(args, model, groups, coef_z, coef_y, tokens, stats):
     question with w = 0 everywhere) contribute nothing: we skip their forward and backward passes.
     """
     B = len(groups)
-    items = [(s, coef_z[b, m], coef_y[b, m]) for b, g in enumerate(groups) for m, s in enumerate(g)
+    # One question's sequences stay together, so that a micro-batch shares its prompt (sequence_logprobs
+    # runs it once), and go longest first, so that a micro-batch pads little. The loss is a sum: order is free.
+    items = [(s, coef_z[b, m], coef_y[b, m]) for b, g in enumerate(groups)
+             for m, s in sorted(enumerate(g), key=lambda ms: -len(ms[1].ids))
              if coef_z[b, m] != 0 or coef_y[b, m] != 0]
     loss_total = 0.0
     model.train()  # gradient checkpointing in transformers is active in train mode only
@@ -357,6 +361,7 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
     """The training loop. Any model/tokenizer pair and list of {question, context, answer, aliases} will do."""
     out = Path(args.out)
     random.seed(args.seed)
+    torch.manual_seed(args.seed)  # rollout sampling and PAFT resampling, also when train() is called directly
     if args.grad_ckpt:
         model.gradient_checkpointing_enable()
     tokens = Tokens.of(tokenizer, model.generation_config)
