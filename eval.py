@@ -95,7 +95,8 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N questions (0: all)")
     p.add_argument("--prompts-per-call", type=int, default=1, help="questions per generate call (x n rows)")
     p.add_argument("--seed", type=int, default=0, help="subset carving and sampling seed")
-    p.add_argument("--out", default=None, help="output directory (default: eval-<task>-<split> beside the model)")
+    p.add_argument("--out", default=None, help="output directory (default: eval-<task>-<split> in the run directory of "
+                   "a checkpoint, e.g. runs/x/eval-hotpotqa-test for --model runs/x/best; else under runs/)")
     args = p.parse_args(argv)
     if args.n < 1:
         p.error(f"-n must be >= 1, got {args.n}")
@@ -120,7 +121,8 @@ def main(argv=None):
         metrics, predictions = evaluate(model, tokenizer, examples, args.task, args.start, args.n, think_budget,
                                         args.answer_budget, args.temperature, args.top_p, args.prompts_per_call)
     metrics["seconds"] = time.time() - t0
-    out = Path(args.out or (Path(args.model) if os.path.isdir(args.model) else Path("runs")) / f"eval-{args.task}-{args.split}")
+    beside = Path(args.model).parent if os.path.isdir(args.model) else Path("runs")  # runs/x/best -> runs/x/
+    out = Path(args.out or beside / f"eval-{args.task}-{args.split}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"args": vars(args), "think_budget": think_budget,
                                                    "metrics": metrics}, indent=2))

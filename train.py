@@ -54,44 +54,57 @@ RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "resume"}
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--estimator", choices=["garl", "paft", "grpo"], default="garl", help="gradient estimator (garl.py, paft.py, grpo.py)")
-    a("--q", type=float, default=0.75, help="Tsallis q in [0, 1]: 0 = RLVR-like, 1 = marginal likelihood (ignored by grpo)")
+    a("--estimator", choices=["garl", "paft", "grpo"], default="garl",
+      help="gradient estimator (garl.py, paft.py, grpo.py)")
+    a("--q", type=float, default=0.75,
+      help="Tsallis q in [0, 1]: 0 = RLVR-like, 1 = marginal likelihood (ignored by grpo)")
     a("--q-schedule", choices=["constant", "switch", "linear"], default="constant",
-      help="constant q; 'switch': --q for --q-steps steps, then --q-final (q=1 then 0 is SFT-then-RLVR); 'linear': ramp")
+      help="constant q; 'switch': --q for --q-steps steps, then --q-final (q=1 then 0 is SFT-then-RLVR); "
+      "'linear': a ramp from --q to --q-final")
     a("--q-final", type=float, default=0.0, help="q after the switch, or at the end of the linear ramp")
     a("--q-steps", type=int, default=50, help="steps before the switch, or length of the linear ramp")
     a("--task", choices=TASKS, default="finqa", help="dataset")
-    a("--start", choices=["warm", "cold"], default="warm", help="warm: instructions in the prompt; cold: linearized input only")
+    a("--start", choices=["warm", "cold"], default="warm",
+      help="warm: instructions in the prompt; cold: the linearized input only (prompts.py)")
     a("--model", default=None, help="hub id, local checkpoint, 'smollm2' (embedded, CPU default) or 'tiny' "
       "(default: Qwen/Qwen3-0.6B on CUDA, smollm2 on CPU)")
     a("--data", default=None, help="training file in the dataset's original format (default: the hub on CUDA, "
       "the shipped sample on CPU)")
-    a("--val-data", default=None, help="validation file (default: the hub's val subset, or --val-size rows held out of --data)")
+    a("--val-data", default=None,
+      help="validation file (default: the hub's val subset, or --val-size rows held out of --data)")
     a("--val-size", type=int, default=None, help="validation questions (0: the whole val subset; CPU default 4)")
     a("--M", type=int, default=None, help="rationales sampled per question (paper: 32; CPU default 4)")
     a("--K", type=int, default=None, help="PAFT: indices resampled per question (default M, as in the paper)")
     a("--think-budget", type=int, default=None, help="thinking tokens before '</think>' is forced "
       "(default: the paper's, 3968/2944/1920 for finqa/hotpotqa/musique; CPU 24)")
-    a("--answer-budget", type=int, default=None, help="answer tokens GRPO and evaluation may write (paper 128; CPU 24)")
+    a("--answer-budget", type=int, default=None,
+      help="answer tokens GRPO and evaluation may write (paper 128; CPU 24)")
     a("--context-chars", type=int, default=None, help="cut each context to this many characters (0: never; the CPU "
       "default 1200 keeps a step short, a deviation from the paper)")
     a("--steps", type=int, default=None, help="optimizer steps (one rollout batch each)")
     a("--prompts-per-step", type=int, default=None, help="questions B per step (the paper does not publish it)")
-    a("--micro-batch", type=int, default=None, help="sequences per forward/backward; the gradient does not depend on it")
-    a("--gen-batch", type=int, default=None, help="questions per generate call, x M rows (0: all B at once; CUDA default "
-      "1: 32 rows of 5k tokens already hold ~20 GB of KV cache at the paper's budgets)")
-    a("--optimizer", choices=["adamw", "sgd"], default="adamw", help="AdamW, or plain SGD (the gradient-flow setting)")
+    a("--micro-batch", type=int, default=None,
+      help="sequences per forward/backward; the gradient does not depend on it")
+    a("--gen-batch", type=int, default=None, help="questions per generate call, x M rows (0: all B at once; "
+      "CUDA default 1: 32 rows of 5k tokens already hold ~20 GB of KV cache at the paper's budgets)")
+    a("--optimizer", choices=["adamw", "sgd"], default="adamw",
+      help="AdamW, or plain SGD (the gradient-flow setting of the theory)")
     a("--lr", type=float, default=1e-6, help="learning rate (not published; 1e-6 is common for RL on LLMs)")
     a("--warmup-steps", type=int, default=0, help="linear learning-rate warmup, then constant")
     a("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     a("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
-    a("--temperature", type=float, default=1.0, help="rollout temperature; 1 keeps the score-function term on-policy")
+    a("--temperature", type=float, default=1.0,
+      help="rollout temperature; 1 keeps the score-function term on-policy")
     a("--top-p", type=float, default=1.0, help="rollout nucleus threshold; 1 keeps it on-policy")
-    a("--no-pathwise", action="store_true", help="GARL: drop the pathwise (answer) term, keep the score-function term")
-    a("--eval-every", type=int, default=None, help="validate every N steps, and after the last (0: only after the last)")
+    a("--no-pathwise", action="store_true",
+      help="GARL: drop the pathwise (answer) term, keep the score-function term")
+    a("--eval-every", type=int, default=None,
+      help="validate every N steps, and after the last (0: only after the last)")
     a("--eval-n", type=int, default=None, help="samples per validation question (paper 16; CPU 4)")
-    a("--precision", choices=["bf16", "fp32"], default=None, help="bf16 autocast (CUDA default) or fp32 (CPU default)")
-    a("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None, help="gradient checkpointing (CUDA default on)")
+    a("--precision", choices=["bf16", "fp32"], default=None,
+      help="bf16 autocast (CUDA default) or fp32 (CPU default)")
+    a("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
+      help="gradient checkpointing (CUDA default on)")
     a("--save-every", type=int, default=1, help="checkpoint every N steps (and after the last)")
     a("--seed", type=int, default=0, help="seed for data order, sampling and resampling")
     a("--out", default=None, help="run directory (default runs/<task>-<estimator>-q<q>-<start>)")
@@ -118,7 +131,11 @@ def check_args(p, args):
         except ValueError as e:
             p.error(f"--{name.replace('_', '-')}: {e}")
     if args.M < 2:
-        p.error(f"--M must be >= 2 (GARL's leave-one-out baseline and GRPO's group std need two samples), got {args.M}")
+        p.error(f"--M must be >= 2 (GARL's leave-one-out baseline and GRPO's group std need two samples), "
+                f"got {args.M}")
+    if args.temperature != 1.0 or args.top_p != 1.0:
+        print(f"warning: --temperature {args.temperature} --top-p {args.top_p}: rollouts are not drawn from the model "
+              "itself, so the score-function term is off-policy (biased)", file=sys.stderr)
     for name in ["steps", "prompts_per_step", "micro_batch", "think_budget", "answer_budget", "eval_n", "save_every"]:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -138,7 +155,8 @@ def check_args(p, args):
         mine = {k: v for k, v in vars(args).items() if k not in RESUMABLE_CHANGES}
         diff = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
         if diff:
-            p.error("--resume with different settings (saved, given): " + ", ".join(f"--{k} {a} vs {b}" for k, (a, b) in diff.items()))
+            given = ", ".join(f"--{k} {a} vs {b}" for k, (a, b) in diff.items())
+            p.error(f"--resume with different settings (saved vs given): {given}")
 
 
 def q_at(step: int, args) -> float:
@@ -159,7 +177,8 @@ def sequence_coefficients(args, q, groups, examples, tokenizer, model, tokens, s
     """
     B, M = len(groups), args.M
     if args.estimator == "grpo":
-        answers = [[rewards.extract_answer(tokenizer.decode(s.y_ids, skip_special_tokens=True)) for s in g] for g in groups]
+        answers = [[rewards.extract_answer(tokenizer.decode(s.y_ids, skip_special_tokens=True)) for s in g]
+                   for g in groups]
         reward = torch.tensor([[rewards.exact_match(a, [ex["answer"]] + ex["aliases"]) for a in row]
                                for row, ex in zip(answers, examples)])  # [B, M]
         lengths = torch.tensor([[len(s.z_ids) + len(s.y_ids) for s in g] for g in groups])  # [B, M] counted tokens
@@ -341,7 +360,8 @@ def validate(args, model, tokenizer, val, step):
         torch.manual_seed(args.seed + 7919 * (step + 1))
         with autocast(args):
             metrics, _ = evaluate(model, tokenizer, val, args.task, args.start, args.eval_n, args.think_budget,
-                                  args.answer_budget, progress=False, prompts_per_call=args.gen_batch or args.prompts_per_step)
+                                  args.answer_budget, progress=False,
+                                  prompts_per_call=args.gen_batch or args.prompts_per_step)
     return {f"val/{k}": v for k, v in metrics.items()}
 
 
@@ -350,7 +370,8 @@ def main(argv=None):
     args = parse_args(argv)
     print("config:", json.dumps(vars(args)))
     train_examples, val_examples = load_data(args)  # data errors surface before the (slow) model load
-    print(f"data: {len(train_examples)} training and {len(val_examples)} validation questions ({args.task}, {args.start} start)")
+    print(f"data: {len(train_examples)} training and {len(val_examples)} validation questions "
+          f"({args.task}, {args.start} start)")
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(os.path.realpath(Path(args.out) / "latest") if args.resume else args.model,
                                   device=args.device)
@@ -412,7 +433,8 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
         sync(args)
         stats["time_generate"] = time.perf_counter() - t
         flat = [s for g in groups for s in g]
-        stats["tokens_generated"] = sum(len(s.z_ids) + len(s.forced_ids) + (len(s.y_ids) if args.estimator == "grpo" else 0)
+        answers_generated = args.estimator == "grpo"  # GARL/PAFT's y is the gold answer, not sampled
+        stats["tokens_generated"] = sum(len(s.z_ids) + len(s.forced_ids) + (len(s.y_ids) if answers_generated else 0)
                                         for s in flat)
         stats["think_tokens_mean"] = sum(len(s.z_ids) for s in flat) / len(flat)
         stats["forced_frac"] = sum(s.forced for s in flat) / len(flat)
@@ -430,9 +452,9 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
 
         # 5. update. The norm is measured before clipping (clip_grad_norm_ returns it): a diagnostic.
         t = time.perf_counter()
-        grads = [p.grad for p in params if p.grad is not None]
-        stats["grad_norm"] = (torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else math.inf).item()
-                              if grads else 0.0)
+        max_norm = args.grad_clip if args.grad_clip > 0 else math.inf
+        has_grad = any(p.grad is not None for p in params)  # none when every coefficient was zero
+        stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_norm).item() if has_grad else 0.0
         optimizer.step()
         sync(args)
         stats["time_optimizer"] = time.perf_counter() - t
@@ -448,7 +470,8 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
                 save_checkpoint(out, f"best-step-{step + 1:06d}", model, tokenizer, None, "best")
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(stats) + "\n")
-        bar.set_postfix({k: f"{stats[k]:.3g}" for k in ["loss", "w_bar_mean", "reward_mean", "grad_norm"] if k in stats})
+        shown = ["loss", "w_bar_mean", "reward_mean", "grad_norm"]
+        bar.set_postfix({k: f"{stats[k]:.3g}" for k in shown if k in stats})
 
         if last or (step + 1) % args.save_every == 0:
             state = {"optimizer": optimizer.state_dict(), "data": batches.state_dict(), "rng": rng_state(),
