@@ -21,7 +21,7 @@ import qlog
 from garl import garl_coefficients, garl_loss, garl_stats
 from grpo import grpo_advantages, grpo_coefficients, grpo_loss
 from paft import paft_coefficients, paft_loss, paft_resample
-from qlog import exp_q, ln_q, ln_q_of_log, log_mean_exp, loo_log_mean_exp, q_loss, q_loss_of_log
+from qlog import exp_q, ln_q, log_mean_exp, loo_log_mean_exp, q_loss, q_loss_of_log
 
 K_Z, K_Y = 3, 2
 QS = [0.0, 0.25, 0.5, 0.75, 1.0]

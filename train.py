@@ -18,7 +18,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from tqdm import tqdm
 
 import rewards
 from data import TASKS, load_examples
+from checkpoint import rng_state, save_checkpoint, set_rng_state
 from garl import garl_coefficients, garl_stats
 from grpo import grpo_coefficients
 from paft import paft_coefficients
@@ -307,50 +307,6 @@ def load_data(args):
         val = [dict(ex, context=ex["context"][:args.context_chars]) for ex in val]
         print(f"data: cut {cut} of {len(train) + len(val)} contexts to --context-chars {args.context_chars}")
     return train, val
-
-
-def point(link: Path, target: Path):
-    """Make `link` a symlink to `target`, atomically (os.replace of a fresh link)."""
-    tmp = link.with_name(f".{link.name}.tmp")
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(os.path.relpath(target, link.parent), tmp)
-    os.replace(tmp, link)
-
-
-def save_checkpoint(out: Path, name: str, model, tokenizer, state: dict | None, link: str):
-    """Write checkpoints/<name> completely under a temporary name, rename it, then repoint DIR/<link>.
-
-    A run killed at any moment leaves the previous checkpoint and its link intact: the rename and
-    the link swap are atomic, and a half-written .tmp directory is never pointed at.
-    """
-    final, tmp = out / "checkpoints" / name, out / "checkpoints" / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if state is not None:
-        torch.save(state, tmp / "trainer_state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
-    point(out / link, final)
-    keep = {os.path.realpath(out / p) for p in ("latest", "best") if (out / p).exists()}
-    for old in (out / "checkpoints").iterdir():  # drop checkpoints no link points at any more
-        if not old.name.startswith(".") and os.path.realpath(old) not in keep:
-            shutil.rmtree(old)
-
-
-def rng_state():
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def validate(args, model, tokenizer, val, step):

@@ -1,0 +1,61 @@
+"""Checkpoints that survive a kill, and the state a resumed run needs to continue exactly.
+
+    save_checkpoint(out, name, model, tokenizer, state, link)   write out/checkpoints/<name>, repoint out/<link>
+    rng_state() / set_rng_state(state)                           every random number generator a step uses
+
+A run directory holds checkpoints/ and two symlinks, latest and best. A checkpoint is written in full
+under a temporary name, renamed (atomic), and only then is its link swapped (atomic too): a run killed
+at any moment leaves the previous checkpoint and its link intact.
+"""
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+
+def point(link: Path, target: Path):
+    """Make `link` a symlink to `target`, atomically (os.replace of a fresh link)."""
+    tmp = link.with_name(f".{link.name}.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(os.path.relpath(target, link.parent), tmp)
+    os.replace(tmp, link)
+
+
+def save_checkpoint(out: Path, name: str, model, tokenizer, state: dict | None, link: str):
+    """Write checkpoints/<name> completely under a temporary name, rename it, then repoint DIR/<link>.
+
+    A run killed at any moment leaves the previous checkpoint and its link intact: the rename and
+    the link swap are atomic, and a half-written .tmp directory is never pointed at.
+    """
+    final, tmp = out / "checkpoints" / name, out / "checkpoints" / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if state is not None:
+        torch.save(state, tmp / "trainer_state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    point(out / link, final)
+    keep = {os.path.realpath(out / p) for p in ("latest", "best") if (out / p).exists()}
+    for old in (out / "checkpoints").iterdir():  # drop checkpoints no link points at any more
+        if not old.name.startswith(".") and os.path.realpath(old) not in keep:
+            shutil.rmtree(old)
+
+
+def rng_state() -> dict:
+    """Python's and torch's generator states (CUDA's too): rollouts and PAFT's resampling draw from them."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    """Restore what rng_state() saved, so that a resumed run draws the same numbers as an uninterrupted one."""
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
