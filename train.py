@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 import rewards
 from data import TASKS, load_examples
+from eval import evaluate
 from checkpoint import rng_state, save_checkpoint, set_rng_state
 from garl import garl_coefficients, garl_stats
 from grpo import grpo_coefficients
@@ -311,7 +312,6 @@ def load_data(args):
 
 def validate(args, model, tokenizer, val, step):
     """Validation p@1 / p@n / maj@n, under its own fixed seed so that it never shifts training's RNG."""
-    from eval import evaluate
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if args.device == "cuda" else []):
         torch.manual_seed(args.seed + 7919 * (step + 1))
         with autocast(args):
