@@ -58,7 +58,7 @@ import rollout
 import train
 from grpo import grpo_coefficients
 from models import build_tiny_model, build_tiny_tokenizer, describe, load_smollm2, qwen3_0_6b_config
-from prompts import build_prompt
+from prompts import prompt_ids
 
 ESTIMATORS = ["grpo", "garl", "paft"]
 PHASES = ["generate", "weights", "estimator", "gradient", "optimizer"]
@@ -187,13 +187,13 @@ def make_examples(tok, args):
     examples = []
     for b in range(args.prompts):
         ex = {"question": f"What was revenue growth in year {b}?", "context": "", "answer": "", "aliases": []}
-        overhead = len(tok(build_prompt(tok, ex, "finqa", "warm"), add_special_tokens=False).input_ids)
+        overhead = len(prompt_ids(tok, ex, "finqa", "warm"))
         ex["context"] = tok.decode(filler[b:b + max(1, args.prompt_tokens - overhead)])
         digits = tok("7" * 64, add_special_tokens=False).input_ids
         gold_prefix = len(tok("\n\n", add_special_tokens=False).input_ids)
         ex["answer"] = tok.decode(digits[:max(1, args.answer_tokens - 1 - gold_prefix)])
         examples.append(ex)
-    prompts = [tok(build_prompt(tok, ex, "finqa", "warm"), add_special_tokens=False).input_ids for ex in examples]
+    prompts = [prompt_ids(tok, ex, "finqa", "warm") for ex in examples]
     return examples, prompts
 
 

@@ -65,7 +65,7 @@ import models
 import logprobs
 import rollout
 import train
-from prompts import build_prompt, gold_text
+from prompts import build_prompt, gold_ids, gold_text
 
 # Project choice: 25 lower-case letters and 10 digits. No 'a' (normalize_answer drops the articles
 # "a"/"an", which would make some codes unscoreable) and no upper case or punctuation (normalization
@@ -149,10 +149,6 @@ def pretrain_base(tokenizer, n_keys: int, steps: int, seed: int = 0, batch: int 
     return model.eval()
 
 
-def _answer_ids(tokenizer, answer: str) -> list[int]:
-    return tokenizer(gold_text(answer), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-
-
 @torch.no_grad()
 def measure(model, tokenizer, codes: dict, think_budget: int, samples: int = 256) -> dict:
     """P = sum_z p(z|x) p(y*|x,z) per key, and what it rests on. Means over keys (questions are balanced).
@@ -175,10 +171,10 @@ def measure(model, tokenizer, codes: dict, think_budget: int, samples: int = 256
     drawn = {k: rollout.generate(model, [p], samples, tokens, think_budget)[0] for k, p in prompts.items()}
     per_key, keys = {}, list(codes)
     for key, code in codes.items():
-        prompt, gold, i = prompts[key], _answer_ids(tokenizer, code), RATIONALES.index(code)
+        prompt, gold, i = prompts[key], gold_ids(tokenizer, code), RATIONALES.index(code)
         rows = [rollout.Sample(prompt, z, f, gold) for z, f in canonical]
         log_pz, log_gold = (t.double() for t in logprobs.sequence_logprobs(model, rows, tokens))  # [35^2] each
-        copy_rows = [rollout.Sample(prompt, z, f, _answer_ids(tokenizer, r))
+        copy_rows = [rollout.Sample(prompt, z, f, gold_ids(tokenizer, r))
                      for (z, f), r in zip(canonical, RATIONALES)]
         log_copy = logprobs.log_weights(model, copy_rows, tokens, len(copy_rows)).double()  # [35^2]
         rest = [s for s in drawn[key] if (s.z_ids, s.forced_ids) not in canonical]  # outside the 35^2

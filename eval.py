@@ -23,13 +23,18 @@ from tqdm import tqdm
 
 import rewards
 from data import TASKS, load_examples
-from prompts import build_prompt
+from prompts import prompt_ids
 from rollout import PAPER_THINK_BUDGETS, Tokens, generate
 
 # Project choice: the paper publishes no sampling settings; these are Qwen3's recommended settings
 # for thinking mode. Training samples at temperature 1 instead (on-policy, see train.py).
 EVAL_TEMPERATURE, EVAL_TOP_P = 0.6, 0.95
 ANSWER_BUDGET = 128  # tokens kept for the answer after "</think>" (paper Sec. 7)
+
+
+def extracted_answers(tokenizer, group) -> list[str]:
+    """The answer each sample of a group wrote after "</think>", unwrapped (rewards.extract_answer)."""
+    return [rewards.extract_answer(tokenizer.decode(s.y_ids, skip_special_tokens=True)) for s in group]
 
 
 def score_question(answers: list[str], example: dict, task: str) -> tuple[dict, str]:
@@ -59,11 +64,10 @@ def evaluate(model, tokenizer, examples: list[dict], task: str, start: str, n: i
     bar = tqdm(total=len(examples), desc="eval", disable=not progress, leave=False)
     for i in range(0, len(examples), prompts_per_call):
         batch = examples[i:i + prompts_per_call]
-        prompt_ids = [tokenizer(build_prompt(tokenizer, ex, task, start), add_special_tokens=False).input_ids
-                      for ex in batch]
-        samples = generate(model, prompt_ids, n, tokens, think_budget, answer_budget, temperature, top_p)
+        prompts = [prompt_ids(tokenizer, ex, task, start) for ex in batch]
+        samples = generate(model, prompts, n, tokens, think_budget, answer_budget, temperature, top_p)
         for ex, group in zip(batch, samples):
-            answers = [rewards.extract_answer(tokenizer.decode(s.y_ids, skip_special_tokens=True)) for s in group]
+            answers = extracted_answers(tokenizer, group)
             scores, majority = score_question(answers, ex, task)
             for key, value in scores.items():
                 totals[key] = totals.get(key, 0.0) + value

@@ -18,7 +18,6 @@ Performance (bench.py measures each; test_perf.py checks each against the plain 
 import contextlib
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -31,17 +30,6 @@ def _token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, lm_head, banned
     if banned is not None:
         logits = logits.index_fill(1, banned, float("-inf"))
     return logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(-1)  # [n]
-
-
-def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """acc += a @ b into an fp32 accumulator, without rounding each chunk's product to bf16 first."""
-    if acc.device.type == "cuda" and a.dtype == torch.bfloat16:
-        try:
-            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)  # bf16 GEMM, fp32 output (recent PyTorch)
-            return
-        except (TypeError, RuntimeError):
-            pass
-    acc.addmm_(a.float(), b.float())
 
 
 class _ChunkedLogProb(torch.autograd.Function):
@@ -92,7 +80,7 @@ class _ChunkedLogProb(torch.autograd.Function):
                 if need_h:
                     grad_h[s:s + ctx.chunk] = grad.to(ctx.dtype) @ w  # [c, H]
                 if need_w:
-                    _addmm_fp32(grad_w, grad.T.to(ctx.dtype), h)  # [V, H] += [V, c] @ [c, H]
+                    grad_w.addmm_(grad.T, h.float())  # [V, H] += [V, c] @ [c, H], accumulated in fp32
                 if need_b:
                     grad_b += grad.sum(0)
         return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
@@ -102,22 +90,20 @@ class _ChunkedLogProb(torch.autograd.Function):
 def chunked_token_logprobs(hidden, targets, lm_head, banned=None, chunk_tokens: int = 0) -> torch.Tensor:
     """_token_logprobs over [n, H] in chunks, never holding more than one chunk's [c, V] logits.
 
-    With gradient on, a linear output layer goes through _ChunkedLogProb (one chunk of logits and one
-    weight-gradient buffer at a time); any other output module is checkpointed chunk by chunk. At
+    With gradient on it goes through _ChunkedLogProb (one chunk of logits and one weight-gradient
+    buffer at a time), which needs the output layer to be a torch.nn.Linear, as in every causal LM in
+    transformers that this project loads (no logit soft-capping or scaling). At
     Qwen3's 151,936-token vocabulary, a 5,000-token sequence's full fp32 logits would be 3 GB; a
     441-token chunk is 256 MB.
     """
     if chunk_tokens <= 0:
         chunk_tokens = max(64, (1 << 26) // lm_head.weight.shape[0])  # ~256 MB of fp32 logits per chunk
-    if torch.is_grad_enabled() and isinstance(lm_head, torch.nn.Linear) and hidden.shape[0] > 0:
+    if not isinstance(lm_head, torch.nn.Linear):
+        raise ValueError(f"the output layer must be a torch.nn.Linear, got {type(lm_head).__name__}")
+    if torch.is_grad_enabled() and hidden.shape[0] > 0:
         return _ChunkedLogProb.apply(hidden, lm_head.weight, lm_head.bias, targets, banned, chunk_tokens)
-    parts = []
-    for s in range(0, hidden.shape[0], chunk_tokens):
-        h, t = hidden[s:s + chunk_tokens], targets[s:s + chunk_tokens]
-        if torch.is_grad_enabled():
-            parts.append(checkpoint(_token_logprobs, h, t, lm_head, banned, use_reentrant=False))
-        else:
-            parts.append(_token_logprobs(h, t, lm_head, banned))
+    parts = [_token_logprobs(hidden[s:s + chunk_tokens], targets[s:s + chunk_tokens], lm_head, banned)
+             for s in range(0, hidden.shape[0], chunk_tokens)]
     return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
 
 

@@ -69,3 +69,13 @@ def build_prompt(tokenizer, example: dict, task: str, start: str) -> str:
 def gold_text(answer: str) -> str:
     """What the model should write after "</think>" for gold answer y* (EOS is appended as a token)."""
     return GOLD_PREFIX + answer
+
+
+def prompt_ids(tokenizer, example: dict, task: str, start: str) -> list[int]:
+    """Token ids of build_prompt (the chat template already holds any special tokens the model needs)."""
+    return tokenizer(build_prompt(tokenizer, example, task, start), add_special_tokens=False).input_ids
+
+
+def gold_ids(tokenizer, answer: str) -> list[int]:
+    """Token ids of y*, the answer GARL and PAFT teacher-force after a rationale: gold_text + EOS."""
+    return tokenizer(gold_text(answer), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import models
-from prompts import build_prompt
+from prompts import prompt_ids
 from rollout import Tokens, generate
 
 
@@ -33,7 +33,7 @@ def test_embedded_smollm2_loads_generates_and_saves(tmp_path):
     tokens = Tokens.of(tok, model.generation_config)
     assert len(tokens.close_ids) == 3 and tokens.pad_id == tok.eos_token_id  # the hard case for rollouts
     example = {"question": "What is 2 + 3?", "context": "Arithmetic.", "answer": "5", "aliases": []}
-    prompt = tok(build_prompt(tok, example, "finqa", "warm"), add_special_tokens=False).input_ids
+    prompt = prompt_ids(tok, example, "finqa", "warm")
     torch.manual_seed(0)
     for s in generate(model, [prompt], 2, tokens, think_budget=4, answer_budget=3)[0]:
         assert len(s.z_ids) <= 4 and 1 <= len(s.y_ids) <= 3

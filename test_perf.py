@@ -21,7 +21,7 @@ import rollout
 import train
 from logprobs import log_weights, sequence_logprobs
 from paft import paft_coefficients, paft_resample
-from prompts import build_prompt, gold_text
+from prompts import gold_ids, prompt_ids
 from rollout import Tokens, generate
 
 EXAMPLE = {"question": "Which band recorded Counterparts?", "context": "Rush is a Canadian rock band. " * 3,
@@ -36,11 +36,11 @@ def tiny():
 
 def rollouts(model, tok, M=3, budget=12, seed=0, shared=True):
     """Two questions with prompts of different lengths (so left padding is exercised), gold answers set."""
-    prompts = [tok(build_prompt(tok, ex, "hotpotqa", "warm"), add_special_tokens=False).input_ids
+    prompts = [prompt_ids(tok, ex, "hotpotqa", "warm")
                for ex in [EXAMPLE, dict(EXAMPLE, context="short")]]
     torch.manual_seed(seed)
     groups = generate(model, prompts, M, Tokens.of(tok), budget, shared_prefill=shared)
-    gold = tok(gold_text("Rush"), add_special_tokens=False).input_ids + [tok.eos_token_id]
+    gold = gold_ids(tok, "Rush")
     for g in groups:
         for s in g:
             s.y_ids = gold

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import models
-from prompts import THINK_CLOSE, build_prompt, gold_text, user_message
+from prompts import THINK_CLOSE, build_prompt, gold_ids, gold_text, prompt_ids, user_message
 from logprobs import log_weights, sequence_logprobs
 from rollout import BudgetState, ForceThinkingBudget, Sample, StopAfterThinking, Tokens, generate
 
@@ -29,8 +29,8 @@ def tiny(one_token_close=True, close_bias=0.0, eos_bias=0.0, pad_is_eos=False, s
     return model, tok
 
 
-def prompt_ids(tok, examples=(EXAMPLE,), start="warm"):
-    return [tok(build_prompt(tok, ex, "hotpotqa", start), add_special_tokens=False).input_ids for ex in examples]
+def encoded_prompts(tok, examples=(EXAMPLE,), start="warm"):
+    return [prompt_ids(tok, ex, "hotpotqa", start) for ex in examples]
 
 
 def test_prompts_render_through_the_chat_template():
@@ -55,7 +55,7 @@ def test_budget_forcing_closes_every_rationale(one_token_close):
     assert len(tokens.close_ids) == (1 if one_token_close else 8)
     torch.manual_seed(0)
     budget = 6
-    for group in generate(model, prompt_ids(tok, [EXAMPLE, dict(EXAMPLE, question="Who?")]), 4, tokens, budget):
+    for group in generate(model, encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, question="Who?")]), 4, tokens, budget):
         for s in group:
             assert s.y_ids == []
             assert s.forced  # a random model does not spell "</think>" by chance
@@ -67,7 +67,7 @@ def test_natural_close_is_kept_in_z_and_not_forced():
     model, tok = tiny(close_bias=8.0)
     tokens = Tokens.of(tok)
     torch.manual_seed(0)
-    samples = generate(model, prompt_ids(tok), 8, tokens, think_budget=20)[0]
+    samples = generate(model, encoded_prompts(tok), 8, tokens, think_budget=20)[0]
     natural = [s for s in samples if not s.forced]
     assert natural, "the biased model should close on its own"
     for s in natural:
@@ -98,14 +98,14 @@ def test_answers_end_at_the_real_eos_even_when_pad_is_eos():
     tokens = Tokens.of(tok)
     assert tokens.pad_id == tok.eos_token_id
     torch.manual_seed(0)
-    samples = generate(model, prompt_ids(tok), 4, tokens, think_budget=5, answer_budget=6)[0]
+    samples = generate(model, encoded_prompts(tok), 4, tokens, think_budget=5, answer_budget=6)[0]
     for s in samples:
         assert tok.eos_token_id not in s.z_ids  # banned inside the thinking block
         assert s.y_ids and s.y_ids[-1] == tok.eos_token_id and s.y_ids.count(tok.eos_token_id) == 1
 
 
 def with_gold(tok, samples, answer="Rush"):
-    y = tok(gold_text(answer), add_special_tokens=False).input_ids + [tok.eos_token_id]
+    y = gold_ids(tok, answer)
     for s in samples:
         s.y_ids = y
     return samples
@@ -115,7 +115,7 @@ def test_logp_matches_a_hand_computed_sum_and_padding_changes_nothing():
     model, tok = tiny()
     tokens = Tokens.of(tok)
     torch.manual_seed(1)
-    groups = generate(model, prompt_ids(tok, [EXAMPLE, dict(EXAMPLE, context="short")]), 3, tokens, 7)
+    groups = generate(model, encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, context="short")]), 3, tokens, 7)
     samples = with_gold(tok, [s for g in groups for s in g])
     logp_z, logp_y = sequence_logprobs(model, samples, tokens)  # batched: padded to the longest sequence
     for n, s in enumerate(samples):
@@ -138,7 +138,7 @@ def test_gradient_path_and_weight_pass_agree():
     model, tok = tiny()
     tokens = Tokens.of(tok)
     torch.manual_seed(2)
-    samples = with_gold(tok, generate(model, prompt_ids(tok), 5, tokens, 9)[0])
+    samples = with_gold(tok, generate(model, encoded_prompts(tok), 5, tokens, 9)[0])
     log_w = log_weights(model, samples, tokens, micro_batch=2)  # [N], no gradient
     _, logp_y = sequence_logprobs(model, samples, tokens)  # with gradient
     assert logp_y.requires_grad and not log_w.requires_grad
@@ -159,4 +159,4 @@ def test_forced_tokens_count_in_neither_logp():
 def test_think_budget_must_be_positive():
     model, tok = tiny()
     with pytest.raises(ValueError, match="think-budget"):
-        generate(model, prompt_ids(tok), 2, Tokens.of(tok), 0)
+        generate(model, encoded_prompts(tok), 2, Tokens.of(tok), 0)

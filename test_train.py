@@ -10,6 +10,7 @@ import torch
 import eval as evaluator
 import models
 import train
+from prompts import prompt_ids
 from rollout import Sample, Tokens, generate
 
 HOTPOT = "samples/hotpotqa_dev_distractor_sample.json"
@@ -64,7 +65,7 @@ def test_gradient_accumulation_is_exact():
     tokens = Tokens.of(tok)
     ex = {"id": "a", "question": "Who?", "context": "Rush: a band.", "answer": "Rush", "aliases": []}
     torch.manual_seed(0)
-    prompts = [tok(train.build_prompt(tok, e, "hotpotqa", "warm"), add_special_tokens=False).input_ids
+    prompts = [prompt_ids(tok, e, "hotpotqa", "warm")
                for e in [ex, dict(ex, question="Which band?")]]
     groups = generate(model, prompts, 4, tokens, think_budget=6)
     args = argparse.Namespace(estimator="garl", M=4, micro_batch=8, no_pathwise=False, K=None, device="cpu",

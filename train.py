@@ -27,13 +27,13 @@ from tqdm import tqdm
 
 import rewards
 from data import TASKS, load_examples
-from eval import evaluate
+from eval import evaluate, extracted_answers
 from checkpoint import rng_state, save_checkpoint, set_rng_state
 from garl import garl_coefficients, garl_stats
 from grpo import grpo_coefficients
 from paft import paft_coefficients
 from models import describe, load_model
-from prompts import build_prompt, gold_text
+from prompts import gold_ids, prompt_ids
 from qlog import check_q, log_mean_exp, q_loss_of_log
 from logprobs import log_weights, sequence_logprobs
 from rollout import PAPER_THINK_BUDGETS, Tokens, generate
@@ -178,8 +178,7 @@ def sequence_coefficients(args, q, groups, examples, tokenizer, model, tokens, s
     """
     B, M = len(groups), args.M
     if args.estimator == "grpo":
-        answers = [[rewards.extract_answer(tokenizer.decode(s.y_ids, skip_special_tokens=True)) for s in g]
-                   for g in groups]
+        answers = [extracted_answers(tokenizer, g) for g in groups]
         reward = torch.tensor([[rewards.exact_match(a, [ex["answer"]] + ex["aliases"]) for a in row]
                                for row, ex in zip(answers, examples)])  # [B, M]
         lengths = torch.tensor([[len(s.z_ids) + len(s.y_ids) for s in g] for g in groups])  # [B, M] counted tokens
@@ -190,9 +189,7 @@ def sequence_coefficients(args, q, groups, examples, tokenizer, model, tokens, s
         stats["reward_mean"] = reward.mean().item()  # train accuracy (exact match)
         return coef, coef
 
-    gold_ids = [tokenizer(gold_text(ex["answer"]), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-                for ex in examples]
-    for g, y in zip(groups, gold_ids):
+    for g, y in zip(groups, [gold_ids(tokenizer, ex["answer"]) for ex in examples]):
         for s in g:
             s.y_ids = y  # teacher-force y* after every rationale (EOS included)
     t = time.perf_counter()
@@ -377,13 +374,12 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
 
         # 1. rollouts: M rationales per question (and, for GRPO, the model's own answers)
         t = time.perf_counter()
-        prompt_ids = [tokenizer(build_prompt(tokenizer, ex, args.task, args.start), add_special_tokens=False).input_ids
-                      for ex in examples]
+        prompts = [prompt_ids(tokenizer, ex, args.task, args.start) for ex in examples]
         gen_batch = args.gen_batch or len(examples)
         groups = []
         with autocast(args):
-            for i in range(0, len(prompt_ids), gen_batch):
-                groups += generate(model, prompt_ids[i:i + gen_batch], args.M, tokens, args.think_budget,
+            for i in range(0, len(prompts), gen_batch):
+                groups += generate(model, prompts[i:i + gen_batch], args.M, tokens, args.think_budget,
                                    args.answer_budget if args.estimator == "grpo" else None,
                                    args.temperature, args.top_p)
         sync(args)
