@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import demo
+from experiments import demo
 import models
 import rewards
 

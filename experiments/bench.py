@@ -1,8 +1,8 @@
 """Where a training step's time and memory go: GRPO, GARL and PAFT phase by phase, and TRL's GRPOTrainer.
 
-    python bench.py --model tiny                            # a smoke run, about 30 s
-    python bench.py                                         # CPU: embedded SmolLM2, about 5 minutes
-    python bench.py --model qwen3-shape                     # CUDA: Qwen3-0.6B's exact shape, random weights
+    python experiments/bench.py --model tiny                            # a smoke run, about 30 s
+    python experiments/bench.py                                         # CPU: embedded SmolLM2, about 5 minutes
+    python experiments/bench.py --model qwen3-shape                     # CUDA: Qwen3-0.6B's exact shape, random weights
 
 What is measured. One step of train.py's loop, with its own functions, for each estimator at the same
 model, questions B, samples M, thinking budget and micro-batch, one untimed warm-up step first, then
@@ -44,11 +44,14 @@ import ctypes
 import json
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the library is the top-level folder
 
 import torch
 from transformers import Qwen3ForCausalLM

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-import theory
+from experiments import theory
 
 H = 0.05  # coarse RK4 step in theta: enough for the tolerances below and keeps the file fast
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-import bench
+from experiments import bench
 import logprobs
 import models
 import rollout

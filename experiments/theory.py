@@ -8,7 +8,7 @@ Paper: Lin & Ie, "How Fast Should a Model Commit to Supervision?", arXiv 2604.25
   Prop. C.2   label-flip rate eps: stable contamination (eps/(1-eps))^(1/q)
   Thm 3.1     escort minimizer of sum_j a_j (-ln_q theta_j):  theta_j proportional to a_j^(1/q)
 
-    python theory.py [--out runs/theory] [--quick]
+    python experiments/theory.py [--out runs/theory] [--quick]
 
 writes OUT/theory.json (every number) and OUT/theory.png (only if matplotlib imports) and prints the tables.
 """
@@ -16,7 +16,11 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the library is the top-level folder
 
 import torch
 

@@ -9,7 +9,7 @@ import pytest
 
 import data
 
-SAMPLES = Path(__file__).parent / "samples"
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 FILES = {
     "finqa": SAMPLES / "finqa_dev_sample.json",
     "hotpotqa": SAMPLES / "hotpotqa_dev_distractor_sample.json",

@@ -1,7 +1,7 @@
 r"""Cold start on a CPU: does GARL/PAFT escape where GRPO stalls? A synthetic task, the real trainer.
 
-    python demo.py                      # the full demo (6-7 minutes on 2 CPU cores, 1 thread)
-    python demo.py --quick              # 1 seed, 30 steps: about 80 seconds
+    python experiments/demo.py                      # the full demo (6-7 minutes on 2 CPU cores, 1 thread)
+    python experiments/demo.py --quick              # 1 seed, 30 steps: about 80 seconds
 
 The task ("secret codes"). Each question names a key (a colour word) and the gold answer is that
 key's secret code, 2 characters from a 35-character alphabet, fixed by the task seed:
@@ -55,9 +55,12 @@ import math
 import random
 import shutil
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the library is the top-level folder
 
 import torch
 
@@ -85,7 +88,7 @@ METHODS = [("GRPO", "grpo", 0.0, False), ("GARL q=0", "garl", 0.0, False), ("GAR
            ("PAFT q=1", "paft", 1.0, False)]
 # Project choice: one learning rate per optimizer, the same for every method, picked by a pilot of
 # GARL q=1 (the method the theory says is fastest) with seed 99 (not a demo seed), 80 steps, over
-# half-decade grids: the rate with the earliest escape (`python demo.py --pilot` reruns it, ~80 s).
+# half-decade grids: the rate with the earliest escape (`python experiments/demo.py --pilot` reruns it, ~80 s).
 #   AdamW 3e-4 / 1e-3 / 3e-3 / 1e-2: escape at step 32 / 14 / 8 / 19  (lowest P estimate 4e-7 / 7e-5 / 7e-5 / 1e-11)
 #   SGD   0.01 / 0.03 / 0.1  / 0.3:  escape at step 32 / 15 / 28 / 60 (lowest P estimate 5e-6 / 2e-7 / 1e-10 / 2e-17)
 LR = {"adamw": 3e-3, "sgd": 0.03}
@@ -337,7 +340,7 @@ def pilot_learning_rates(cfg, base_state, tokenizer, task, p0: float, out: Path)
 
 def copy_figure(png: Path, skip: bool):
     if not skip:
-        figures = Path(__file__).resolve().parent / "figures"  # the README shows figures/demo.png
+        figures = Path(__file__).resolve().parent.parent / "docs" / "figures"  # the README shows docs/figures/demo.png
         figures.mkdir(exist_ok=True)
         shutil.copy(png, figures / "demo.png")
 
@@ -357,7 +360,7 @@ def parse_args(argv=None):
     p.add_argument("--p0-samples", type=int, default=256, help="sampled rationales per key for p0's Monte Carlo part")
     p.add_argument("--think-budget", type=int, default=2, help="thinking tokens before '</think>' is forced")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this tiny model)")
-    p.add_argument("--no-figure-copy", action="store_true", help="do not copy demo.png to figures/demo.png")
+    p.add_argument("--no-figure-copy", action="store_true", help="do not copy demo.png to docs/figures/demo.png")
     p.add_argument("--replot", action="store_true", help="only redraw OUT/demo.png from OUT/demo.json")
     p.add_argument("--pilot", action="store_true", help="instead of the demo: the learning-rate pilot behind LR")
     args = p.parse_args(argv)
