@@ -45,7 +45,7 @@ the q = 1 update, so from p0 ~ 1e-3 q = 1 escapes in ~log(1/p0), q = 0.75 a few 
 not within a short budget, and GRPO only after its first lucky correct sample (steps*B*M*p0 ~ 3
 expected in a whole run). SGD follows that scaling; AdamW divides each parameter's step by its
 gradient's running RMS, which removes the global P^(1-q) factor while the gradient is well above eps.
-Results, and why they come out as they do: README section "Cold start on a CPU".
+Results, and why they come out as they do: docs/cold_start.md.
 """
 import argparse
 import contextlib
