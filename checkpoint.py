@@ -1,18 +1,24 @@
 """Checkpoints that survive a kill, and the state a resumed run needs to continue exactly.
 
+    start_run(out, config)                                      a new run directory: (start step 0, best -inf)
     save_checkpoint(out, name, model, tokenizer, state, link)   write out/checkpoints/<name>, repoint out/<link>
+    trainer_state(optimizer, batches, step, best, config)        what --resume needs besides the weights
+    resume(out, optimizer, batches)                             restore it: (start step, best so far)
     rng_state() / set_rng_state(state)                           every random number generator a step uses
 
 A run directory holds checkpoints/ and two symlinks, latest and best. A checkpoint is written in full
 under a temporary name, renamed (atomic), and only then is its link swapped (atomic too): a run killed
 at any moment leaves the previous checkpoint and its link intact.
 """
+import json
+import math
 import os
 import random
 import shutil
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as transformers_logging
 
 
 def point(link: Path, target: Path):
@@ -32,6 +38,7 @@ def save_checkpoint(out: Path, name: str, model, tokenizer, state: dict | None, 
     """
     final, tmp = out / "checkpoints" / name, out / "checkpoints" / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
+    transformers_logging.disable_progress_bar()  # one progress bar per run: not "Writing model shards" at every save
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if state is not None:
@@ -59,3 +66,33 @@ def set_rng_state(state: dict):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def start_run(out: Path, config: dict) -> tuple[int, float]:
+    """A new run in `out`: its configuration written to run_config.json. Returns (start step, best maj@n)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_config.json").write_text(json.dumps(config, indent=2))
+    return 0, -math.inf
+
+
+def trainer_state(optimizer, batches, step: int, best: float, config: dict) -> dict:
+    """Everything but the weights that a resumed run needs to continue exactly where this one stops."""
+    return {"optimizer": optimizer.state_dict(), "data": batches.state_dict(), "rng": rng_state(),
+            "step": step, "best": best, "args": config}
+
+
+def resume(out: Path, optimizer, batches) -> tuple[int, float]:
+    """Restore optimizer, data order and RNGs from out/latest (the model was loaded from it already).
+
+    Returns (start step, best maj@n). Lines of metrics.jsonl logged after that checkpoint (a run killed
+    mid-step) are dropped: those steps will be redone, and draw the same random numbers again.
+    """
+    latest = os.path.realpath(out / "latest")
+    state = torch.load(Path(latest) / "trainer_state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    batches.load_state_dict(state["data"])
+    set_rng_state(state["rng"])
+    lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
+    (out / "metrics.jsonl").write_text("".join(l + "\n" for l in lines if json.loads(l)["step"] < state["step"]))
+    print(f"resumed from {latest} at step {state['step']}")
+    return state["step"], state["best"]

@@ -1,19 +1,22 @@
 """Train a reasoning model with GARL, PAFT or GRPO: one GPU (or a CPU), gradient accumulation.
 
-    python train.py --q 0.75 --estimator paft          # CPU: embedded SmolLM2 on the shipped FinQA sample
+    python train.py --q 0.75 --estimator paft          # CPU: embedded SmolLM2 on shipped HotPotQA rows
     python train.py --estimator garl --q 0.75 --task hotpotqa --start cold     # GPU: the paper's setup
 
 One step, on-policy with one update per rollout batch (paper Sec. 6, Algorithms 1 and 2):
-  1. rollouts   B questions x M rationales, "</think>" forced at the thinking budget (rollout.generate)
-  2. weights    GARL/PAFT: teacher-force the gold answer after each rationale: log w [B, M], no gradient
-                GRPO: the model writes its own answer; reward = exact match with the gold [B, M]
-  3. estimator  two coefficients per sequence: one for its rationale tokens, one for its answer tokens
-  4. gradient   micro-batches of sequences; loss = -sum(coef_z * logp_z + coef_y * logp_y) / B, accumulated
-  5. update     clip the gradient norm, AdamW (or SGD) step
-Everything is logged to DIR/metrics.jsonl under stable names (see the README), checkpoints go to
-DIR/checkpoints with DIR/latest and DIR/best pointing at the newest and the best (validation maj@n).
+  1. rollouts    B questions x M rationales z ~ p(z|x), "</think>" forced at the thinking budget
+  2. weights     GARL/PAFT: the gold answer y* teacher-forced after each rationale, scored: log w [B, M]
+                 GRPO: the model writes its own answer; reward = exact match with the gold [B, M]
+  3. estimator   two coefficients per sequence: score_coef for its rationale tokens, path_coef for its
+                 answer tokens (garl.py, paft.py, grpo.py)
+  4. gradient    loss = -(1/B) sum over sequences of (score_coef logp_z + path_coef logp_y), accumulated
+                 over micro-batches
+  5. update      clip the gradient norm, AdamW (or SGD) step
+Everything is logged to DIR/metrics.jsonl under stable names (README "What a run writes"); checkpoints go
+to DIR/checkpoints, with DIR/latest and DIR/best pointing at the newest and the best (validation maj@n).
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -26,97 +29,120 @@ import torch
 from tqdm import tqdm
 
 import rewards
+from checkpoint import resume, save_checkpoint, start_run, trainer_state
 from data import TASKS, load_examples
 from eval import evaluate, extracted_answers
-from checkpoint import rng_state, save_checkpoint, set_rng_state
 from garl import garl_coefficients, garl_stats
 from grpo import grpo_coefficients
-from paft import paft_coefficients
+from logprobs import log_weights, sequence_logprobs
 from models import describe, load_model
+from paft import paft_coefficients
 from prompts import gold_ids, prompt_ids
 from qlog import check_q, log_mean_exp, q_loss_of_log
-from logprobs import log_weights, sequence_logprobs
 from rollout import PAPER_THINK_BUDGETS, Tokens, generate
 
-SAMPLE_FILES = {"finqa": "samples/finqa_dev_sample.json", "hotpotqa": "samples/hotpotqa_dev_distractor_sample.json",
-                "musique": "samples/musique_ans_dev_sample.jsonl"}
-# Defaults that follow the hardware. CUDA: the paper's setup (Sec. 7; what it leaves out is our choice).
-# CPU: small enough that the README's command finishes in minutes on 2 cores with a real 135M model.
-GPU_DEFAULTS = dict(model="Qwen/Qwen3-0.6B", M=32, think_budget=None, answer_budget=128, steps=200,
-                    prompts_per_step=4, micro_batch=4, gen_batch=1, eval_every=25, eval_n=16, val_size=0,
-                    context_chars=0, precision="bf16", grad_ckpt=True)
-CPU_DEFAULTS = dict(model="smollm2", M=4, think_budget=24, answer_budget=24, steps=8, prompts_per_step=2,
-                    micro_batch=4, gen_batch=0, eval_every=0, eval_n=4, val_size=4, context_chars=1200,
-                    precision="fp32", grad_ckpt=False)
+ROOT = Path(__file__).resolve().parent
+SAMPLE_FILES = {"finqa": ROOT / "samples/finqa_dev_sample.json",
+                "hotpotqa": ROOT / "samples/hotpotqa_dev_distractor_sample.json",
+                "musique": ROOT / "samples/musique_ans_dev_sample.jsonl"}
+
+# Every default that depends on the setup lives here, and only here. --preset picks one (default: "paper"
+# on CUDA, "cpu" otherwise); any flag given on the command line wins. The resolved values are printed at start.
+#   paper: the paper's setup (Sec. 7); what the paper leaves out (lr, batch, steps) is our choice.
+#   cpu:   a real 135M model that visibly learns on real HotPotQA rows in about 5 minutes on 2 cores.
+PRESETS = {
+    "paper": dict(model="Qwen/Qwen3-0.6B", task="finqa", data="hub", M=32, think_budget=None, answer_budget=128,
+                  context_chars=0, steps=200, prompts_per_step=4, micro_batch=4, gen_batch=1, lr=1e-6,
+                  eval_every=25, eval_n=16, eval_batch=4, val_size=0, val_subset=0, save_every=25,
+                  precision="bf16", grad_ckpt=True),
+    "cpu": dict(model="smollm2", task="finqa", data="sample", M=4, think_budget=24, answer_budget=24,
+                context_chars=1200, steps=8, prompts_per_step=2, micro_batch=4, gen_batch=0, lr=1e-6,
+                eval_every=0, eval_n=4, eval_batch=4, val_size=4, val_subset=0, save_every=0,
+                precision="fp32", grad_ckpt=False),
+}
 # Changing these on --resume is fine; anything else must match the run being resumed.
-RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "resume"}
+RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "resume", "plan"}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a = p.add_argument
+
+    def a(*names, preset=False, help="", **kwargs):
+        if preset:  # the default comes from PRESETS: show it in --help
+            key = names[0].lstrip("-").replace("-", "_")
+            shown = {name: values[key] for name, values in PRESETS.items()}
+            help += " [preset: " + ", ".join(f"{name} {value}" for name, value in shown.items()) + "]"
+            kwargs["default"] = None
+        p.add_argument(*names, help=help, **kwargs)
+
+    a("--preset", choices=sorted(PRESETS), default=None,
+      help="the defaults of every flag marked [preset] (default: paper on CUDA, cpu otherwise)")
+    # the method
     a("--estimator", choices=["garl", "paft", "grpo"], default="garl",
       help="gradient estimator (garl.py, paft.py, grpo.py)")
     a("--q", type=float, default=0.75,
       help="Tsallis q in [0, 1]: 0 = RLVR-like, 1 = marginal likelihood (ignored by grpo)")
     a("--q-schedule", choices=["constant", "switch", "linear"], default="constant",
       help="constant q; 'switch': --q for --q-steps steps, then --q-final (q=1 then 0 is SFT-then-RLVR); "
-      "'linear': a ramp from --q to --q-final")
+      "'linear': a ramp from --q to --q-final over --q-steps steps")
     a("--q-final", type=float, default=0.0, help="q after the switch, or at the end of the linear ramp")
-    a("--q-steps", type=int, default=50, help="steps before the switch, or length of the linear ramp")
-    a("--task", choices=TASKS, default="finqa", help="dataset")
+    a("--q-steps", type=int, default=50, help="steps before the switch, or length of the linear ramp (>= 1)")
+    a("--M", type=int, preset=True, help="rationales sampled per question (>= 2)")
+    a("--K", type=int, default=None, help="PAFT: indices resampled per question (default M, as in the paper)")
+    a("--no-pathwise", action="store_true",
+      help="GARL: drop the pathwise (answer) term, keep the score-function term")
+    # the data
+    a("--task", choices=TASKS, preset=True, help="dataset")
     a("--start", choices=["warm", "cold"], default="warm",
       help="warm: instructions in the prompt; cold: the linearized input only (prompts.py)")
-    a("--model", default=None, help="hub id, local checkpoint, 'smollm2' (embedded, CPU default) or 'tiny' "
-      "(default: Qwen/Qwen3-0.6B on CUDA, smollm2 on CPU)")
-    a("--data", default=None, help="training file in the dataset's original format (default: the hub on CUDA, "
-      "the shipped sample on CPU)")
+    a("--data", preset=True, help="training file in the dataset's original format, 'sample' (the shipped "
+      "samples/ file of --task) or 'hub' (the paper's train subset from the Hugging Face hub)")
     a("--val-data", default=None,
-      help="validation file (default: the hub's val subset, or --val-size rows held out of --data)")
-    a("--val-size", type=int, default=None, help="validation questions (0: the whole val subset; CPU default 4)")
-    a("--M", type=int, default=None, help="rationales sampled per question (paper: 32; CPU default 4)")
-    a("--K", type=int, default=None, help="PAFT: indices resampled per question (default M, as in the paper)")
-    a("--think-budget", type=int, default=None, help="thinking tokens before '</think>' is forced "
-      "(default: the paper's, 3968/2944/1920 for finqa/hotpotqa/musique; CPU 24)")
-    a("--answer-budget", type=int, default=None,
-      help="answer tokens GRPO and evaluation may write (paper 128; CPU 24)")
-    a("--context-chars", type=int, default=None, help="cut each context to this many characters (0: never; the CPU "
-      "default 1200 keeps a step short, a deviation from the paper)")
-    a("--steps", type=int, default=None, help="optimizer steps (one rollout batch each)")
-    a("--prompts-per-step", type=int, default=None, help="questions B per step (the paper does not publish it)")
-    a("--micro-batch", type=int, default=None,
-      help="sequences per forward/backward; the gradient does not depend on it")
-    a("--gen-batch", type=int, default=None, help="questions per generate call, x M rows (0: all B at once; "
-      "CUDA default 1: 32 rows of 5k tokens already hold ~20 GB of KV cache at the paper's budgets)")
-    a("--optimizer", choices=["adamw", "sgd"], default="adamw",
-      help="AdamW, or plain SGD (the gradient-flow setting of the theory)")
-    a("--lr", type=float, default=1e-6, help="learning rate (not published; 1e-6 is common for RL on LLMs)")
-    a("--warmup-steps", type=int, default=0, help="linear learning-rate warmup, then constant")
-    a("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    a("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
+      help="validation file (default: the hub's val subset with --data hub, else --val-size rows held out of --data)")
+    a("--val-size", type=int, preset=True, help="validation questions (0: the whole val subset)")
+    a("--context-chars", type=int, preset=True, help="cut each context to this many characters (0: never; "
+      "cutting is a deviation from the paper that keeps CPU steps short)")
+    # the model and the rollouts
+    a("--model", preset=True, help="hub id, local checkpoint, 'smollm2' (embedded) or 'tiny' (built in code)")
+    a("--think-budget", type=int, preset=True, help="thinking tokens before '</think>' is forced "
+      "(None: the paper's budget for --task, 3968/2944/1920 for finqa/hotpotqa/musique)")
+    a("--answer-budget", type=int, preset=True, help="answer tokens GRPO and evaluation may write")
     a("--temperature", type=float, default=1.0,
       help="rollout temperature; 1 keeps the score-function term on-policy")
     a("--top-p", type=float, default=1.0, help="rollout nucleus threshold; 1 keeps it on-policy")
-    a("--no-pathwise", action="store_true",
-      help="GARL: drop the pathwise (answer) term, keep the score-function term")
-    a("--eval-every", type=int, default=None,
-      help="validate every N steps, and after the last (0: only after the last)")
-    a("--eval-n", type=int, default=None, help="samples per validation question (paper 16; CPU 4)")
-    a("--precision", choices=["bf16", "fp32"], default=None,
-      help="bf16 autocast (CUDA default) or fp32 (CPU default)")
-    a("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
-      help="gradient checkpointing (CUDA default on)")
-    a("--save-every", type=int, default=1, help="checkpoint every N steps (and after the last)")
+    # the optimization
+    a("--steps", type=int, preset=True, help="optimizer steps (one rollout batch each)")
+    a("--prompts-per-step", type=int, preset=True, help="questions B per step (the paper does not publish it)")
+    a("--micro-batch", type=int, preset=True,
+      help="sequences per forward/backward; the gradient does not depend on it")
+    a("--gen-batch", type=int, preset=True, help="questions per generate call, x M rows (0: all B at once)")
+    a("--optimizer", choices=["adamw", "sgd"], default="adamw",
+      help="AdamW, or plain SGD (the gradient-flow setting of the theory)")
+    a("--lr", type=float, preset=True, help="learning rate (the paper does not publish it)")
+    a("--warmup-steps", type=int, default=0, help="linear learning-rate warmup, then constant")
+    a("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    a("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
+    a("--precision", choices=["bf16", "fp32"], preset=True, help="bf16 autocast over fp32 weights, or fp32")
+    a("--grad-ckpt", action=argparse.BooleanOptionalAction, preset=True, help="gradient checkpointing")
+    # validation, checkpoints, bookkeeping
+    a("--eval-every", type=int, preset=True, help="validate every N steps, and after the last (0: after the last only)")
+    a("--eval-n", type=int, preset=True, help="samples per validation question (the paper: 16)")
+    a("--eval-batch", type=int, preset=True, help="validation questions per generate call, x --eval-n rows")
+    a("--val-subset", type=int, preset=True, help="questions of the validation set used by the periodic "
+      "validations (0: all); the one after the last step always uses all of them")
+    a("--save-every", type=int, preset=True, help="checkpoint every N steps (0: after the last step only)")
     a("--seed", type=int, default=0, help="seed for data order, sampling and resampling")
     a("--out", default=None, help="run directory (default runs/<task>-<estimator>-q<q>-<start>)")
     a("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     args = p.parse_args(argv)
+
     args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    for key, value in (GPU_DEFAULTS if args.device == "cuda" else CPU_DEFAULTS).items():
+    args.preset = args.preset or ("paper" if args.device == "cuda" else "cpu")
+    for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.data is None and args.device == "cpu":
-        args.data = SAMPLE_FILES[args.task]
+    if args.data == "sample":
+        args.data = str(SAMPLE_FILES[args.task])
     if args.think_budget is None:
         args.think_budget = PAPER_THINK_BUDGETS[args.task]
     args.out = args.out or f"runs/{args.task}-{args.estimator}-q{args.q}-{args.start}"
@@ -126,26 +152,41 @@ def parse_args(argv=None):
 
 def check_args(p, args):
     """Bad flags fail here, with the flag's name, before any model or data is loaded."""
+    def flag(name):
+        return "--" + name.replace("_", "-")
+
     for name in ["q", "q_final"]:
         try:
             check_q(getattr(args, name))
         except ValueError as e:
-            p.error(f"--{name.replace('_', '-')}: {e}")
+            p.error(f"{flag(name)}: {e}")
     if args.M < 2:
         p.error(f"--M must be >= 2 (GARL's leave-one-out baseline and GRPO's group std need two samples), "
                 f"got {args.M}")
+    at_least = {1: ["steps", "prompts_per_step", "micro_batch", "think_budget", "answer_budget", "eval_n",
+                    "eval_batch", "q_steps"],
+                0: ["gen_batch", "eval_every", "save_every", "val_size", "val_subset", "context_chars",
+                    "warmup_steps"]}
+    for low, names in at_least.items():
+        for name in names:
+            if getattr(args, name) < low:
+                p.error(f"{flag(name)} must be >= {low}, got {getattr(args, name)}")
+    if args.K is not None and args.K < 1:
+        p.error(f"--K must be >= 1, got {args.K}")
+    for name, ok, rule in [("lr", args.lr > 0, "> 0"), ("weight_decay", args.weight_decay >= 0, ">= 0"),
+                           ("grad_clip", args.grad_clip >= 0, ">= 0"), ("temperature", args.temperature > 0, "> 0"),
+                           ("top_p", 0 < args.top_p <= 1, "in (0, 1]")]:
+        if not (ok and math.isfinite(getattr(args, name))):
+            p.error(f"{flag(name)} must be {rule}, got {getattr(args, name)}")
     if args.temperature != 1.0 or args.top_p != 1.0:
         print(f"warning: --temperature {args.temperature} --top-p {args.top_p}: rollouts are not drawn from the model "
               "itself, so the score-function term is off-policy (biased)", file=sys.stderr)
-    for name in ["steps", "prompts_per_step", "micro_batch", "think_budget", "answer_budget", "eval_n", "save_every"]:
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.K is not None and args.K < 1:
-        p.error(f"--K must be >= 1, got {args.K}")
     for name in ["data", "val_data"]:
         path = getattr(args, name)
-        if path is not None and not os.path.isfile(path):
-            p.error(f"--{name.replace('_', '-')} {path}: no such file")
+        if path not in (None, "hub") and not os.path.isfile(path):
+            p.error(f"{flag(name)} {path}: no such file")
+    if args.val_data and args.data == "hub":
+        p.error("--val-data needs --data FILE too (with --data hub the validation set is the hub's val subset)")
     out = Path(args.out)
     if args.resume and not (out / "latest").exists():
         p.error(f"--resume: {out} has no checkpoint to resume (no {out / 'latest'})")
@@ -160,97 +201,119 @@ def check_args(p, args):
             p.error(f"--resume with different settings (saved vs given): {given}")
 
 
-def q_at(step: int, args) -> float:
-    """The q schedule: constant, a switch after --q-steps steps, or a linear ramp over --q-steps."""
-    if args.q_schedule == "constant":
-        return args.q
-    if args.q_schedule == "switch":
-        return args.q if step < args.q_steps else args.q_final
-    return args.q + (args.q_final - args.q) * min(step / args.q_steps, 1.0)
+def q_at(step: int, schedule: str, q: float, q_final: float, q_steps: int) -> float:
+    """The q schedule: constant, a switch to q_final after q_steps steps, or a linear ramp over q_steps.
+
+    >>> [q_at(s, "linear", 1.0, 0.0, 4) for s in (0, 2, 4, 9)]
+    [1.0, 0.5, 0.0, 0.0]
+    """
+    if schedule == "constant":
+        return q
+    if schedule == "switch":
+        return q if step < q_steps else q_final
+    return q + (q_final - q) * min(step / q_steps, 1.0)
 
 
 # ------------------------------------------------------------------------------------------------ the algorithm
-def sequence_coefficients(args, q, groups, examples, tokenizer, model, tokens, stats):
-    """Steps 2-3: per-sequence coefficients (coef_z, coef_y), each [B, M], for the estimator.
+def rollouts(model, tokenizer, examples, task, start, M, tokens, think_budget, answer_budget, gen_batch,
+             temperature=1.0, top_p=1.0):
+    """Step 1: M rationales per question, groups[b][m] (rollout.Sample), gen_batch questions per generate call.
 
-    GARL/PAFT fill each sample's y with the gold answer and need log w = log p(y*|x, z_m) first;
-    GRPO's samples already hold the model's own answers, scored by exact match.
+    answer_budget=None stops each row at its "</think>" (GARL, PAFT: the answer will be the gold one);
+    an int lets the model write its own answer after it (GRPO).
     """
-    B, M = len(groups), args.M
-    if args.estimator == "grpo":
-        answers = [extracted_answers(tokenizer, g) for g in groups]
-        reward = torch.tensor([[rewards.exact_match(a, [ex["answer"]] + ex["aliases"]) for a in row]
-                               for row, ex in zip(answers, examples)])  # [B, M]
-        lengths = torch.tensor([[len(s.z_ids) + len(s.y_ids) for s in g] for g in groups])  # [B, M] counted tokens
-        t = time.perf_counter()
-        coef = grpo_coefficients(reward, lengths)  # [B, M]  A / (|o| M)
-        stats["time_estimator"] = time.perf_counter() - t
-        stats["time_weights"] = 0.0  # no weight pass: the verifier reads the generated answers
-        stats["reward_mean"] = reward.mean().item()  # train accuracy (exact match)
-        return coef, coef
-
-    for g, y in zip(groups, [gold_ids(tokenizer, ex["answer"]) for ex in examples]):
-        for s in g:
-            s.y_ids = y  # teacher-force y* after every rationale (EOS included)
-    t = time.perf_counter()
-    log_w = log_weights(model, [s for g in groups for s in g], tokens, args.micro_batch).view(B, M).double()  # [B, M]
-    sync(args)
-    stats["time_weights"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if args.estimator == "garl":
-        coef_z, coef_y = garl_coefficients(log_w, q)  # [B, M] each: c_m / (M^q M), (w_m / w_bar^q) / (M^q M)
-        if args.no_pathwise:
-            coef_y = torch.zeros_like(coef_y)
-    else:
-        coef_z = coef_y = paft_coefficients(log_w, q, k=args.K)  # [B, M]: (n_m / K) w_bar^(1-q) / M^q
-    stats["time_estimator"] = time.perf_counter() - t
-    monitor = garl_stats(log_w, q)  # w_bar (the estimate of P) and GARL's max amplified advantage
-    if args.estimator == "paft":
-        del monitor["max_amplified_advantage"]  # a GARL quantity; PAFT's weights are resampling counts
-    stats.update(monitor)
-    stats["j_q"] = q_loss_of_log(log_mean_exp(log_w), q).mean().item()  # the J_Q loss, estimated
-    return coef_z.float(), coef_y.float()
+    prompts = [prompt_ids(tokenizer, ex, task, start) for ex in examples]
+    groups = []
+    for i in range(0, len(prompts), gen_batch or len(prompts)):
+        groups += generate(model, prompts[i:i + (gen_batch or len(prompts))], M, tokens, think_budget, answer_budget,
+                           temperature, top_p)
+    return groups
 
 
-def gradient_pass(args, model, groups, coef_z, coef_y, tokens, stats):
-    """Step 4: loss = -(1/B) sum over sequences of (coef_z logp_z + coef_y logp_y), in micro-batches.
+def attach_gold_answers(groups, examples, tokenizer):
+    """Step 2 of GARL/PAFT: y* teacher-forced after every rationale, y = "\\n\\n" + gold + EOS (prompts.gold_ids).
 
-    The loss is a plain sum over sequences divided by the fixed B, so accumulating micro-batch
-    gradients gives exactly the full-batch gradient, whatever --micro-batch is. Sequences whose two
-    coefficients are 0 (a GRPO group with equal rewards, a PAFT sample never resampled, a GARL
-    question with w = 0 everywhere) contribute nothing: we skip their forward and backward passes.
+    The paper's central move: no verifier and no sampled answer. The weight of rationale z_m is the
+    probability the model gives the gold answer after it, w_m = p(y*|x, z_m).
+    """
+    for group, ex in zip(groups, examples):
+        y = gold_ids(tokenizer, ex["answer"])
+        for sample in group:
+            sample.y_ids = y
+
+
+def grpo_rewards(groups, examples, tokenizer) -> torch.Tensor:
+    """Step 2 of GRPO: reward [B, M] = 1 when the answer the model wrote matches the gold (the paper: exact match)."""
+    return torch.tensor([[rewards.exact_match(answer, [ex["answer"]] + ex["aliases"])
+                          for answer in extracted_answers(tokenizer, group)]
+                         for group, ex in zip(groups, examples)], dtype=torch.float64)  # [B, M]
+
+
+def gradient_pass(model, groups, score_coef, path_coef, tokens, micro_batch, precision="fp32"):
+    """Step 4: loss = -(1/B) sum over sequences of (score_coef logp_z + path_coef logp_y), in micro-batches.
+
+    score_coef, path_coef: [B, M]. The loss is a plain sum over sequences divided by the fixed B, so
+    accumulating micro-batch gradients in .grad gives exactly the full-batch gradient, whatever
+    micro_batch is. Sequences whose two coefficients are 0 (a GRPO group with equal rewards, a PAFT
+    sample never resampled, a question with w = 0 everywhere) contribute nothing: we skip their
+    forward and backward passes. Returns (loss, number of sequences that went through the model).
     """
     B = len(groups)
     # One question's sequences stay together, so that a micro-batch shares its prompt (sequence_logprobs
     # runs it once), and go longest first, so that a micro-batch pads little. The loss is a sum: order is free.
-    items = [(s, coef_z[b, m], coef_y[b, m]) for b, g in enumerate(groups)
+    items = [(s, score_coef[b, m], path_coef[b, m]) for b, g in enumerate(groups)
              for m, s in sorted(enumerate(g), key=lambda ms: -len(ms[1].ids))
-             if coef_z[b, m] != 0 or coef_y[b, m] != 0]
+             if score_coef[b, m] != 0 or path_coef[b, m] != 0]
+    device = next(model.parameters()).device
     loss_total = 0.0
     model.train()  # gradient checkpointing in transformers is active in train mode only
-    for i in range(0, len(items), args.micro_batch):
-        mb = items[i:i + args.micro_batch]
-        with autocast(args):
-            logp_z, logp_y = sequence_logprobs(model, [s for s, _, _ in mb], tokens)  # [mb] each
-        cz = torch.stack([c for _, c, _ in mb]).to(logp_z.device)
-        cy = torch.stack([c for _, _, c in mb]).to(logp_z.device)
-        loss = -(cz * logp_z + cy * logp_y).sum() / B
+    for i in range(0, len(items), micro_batch):
+        mb = items[i:i + micro_batch]
+        with autocast(device.type, precision):
+            logp_z, logp_y = sequence_logprobs(model, [s for s, _, _ in mb], tokens)  # [mb] each, with gradient
+        score = torch.stack([c for _, c, _ in mb]).to(device, torch.float32)  # [mb]
+        path = torch.stack([c for _, _, c in mb]).to(device, torch.float32)  # [mb]
+        loss = -(score * logp_z + path * logp_y).sum() / B
         loss.backward()  # gradients accumulate in .grad across micro-batches
         loss_total += loss.item()
     model.eval()
-    stats["loss"] = loss_total
-    stats["seqs_in_grad_pass"] = len(items)
+    return loss_total, len(items)
+
+
+def monitor(groups, q, log_w=None, reward=None, estimator="garl") -> dict:
+    """What to watch (stable names, README "What a run writes"): rollout lengths, and w_bar / J_Q or the reward."""
+    flat = [s for g in groups for s in g]
+    stats = {"think_tokens_mean": sum(len(s.z_ids) for s in flat) / len(flat),  # rationale length
+             "forced_frac": sum(s.forced for s in flat) / len(flat),  # share of rationales cut by the budget
+             # tokens sampled: rationales, forced "</think>", and GRPO's own answers (GARL/PAFT's y is the gold one)
+             "tokens_generated": sum(len(s.z_ids) + len(s.forced_ids) + (len(s.y_ids) if reward is not None else 0)
+                                     for s in flat)}
+    if log_w is not None:
+        stats.update(garl_stats(log_w, q))  # w_bar (the estimate of P) and GARL's max amplified advantage
+        if estimator != "garl":
+            del stats["max_amplified_advantage"]  # a GARL quantity; PAFT's weights are resampling counts
+        stats["j_q"] = q_loss_of_log(log_mean_exp(log_w), q).mean().item()  # J_Q, the loss being minimized
+    if reward is not None:
+        stats["reward_mean"] = reward.mean().item()  # training accuracy (exact match)
+    return stats
 
 
 # ------------------------------------------------------------------------------------------------ plumbing
-def sync(args):
-    if args.device == "cuda":
-        torch.cuda.synchronize()  # so that the phase timings measure the GPU work, not its launch
+def autocast(device_type: str, precision: str):
+    """bf16 autocast over fp32 master weights (--precision bf16), or nothing."""
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def autocast(args):
-    return torch.autocast(device_type=args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+def phase_timer(stats: dict, device: str):
+    """`with timer("generate"): ...` records stats["time_generate"] in seconds (GPU work included)."""
+    @contextlib.contextmanager
+    def timer(phase):
+        t = time.perf_counter()
+        yield
+        if device == "cuda":
+            torch.cuda.synchronize()  # so that the timing measures the GPU work, not its launch
+        stats[f"time_{phase}"] = stats.get(f"time_{phase}", 0.0) + time.perf_counter() - t
+    return timer
 
 
 class Batches:
@@ -285,10 +348,11 @@ class Batches:
 
 def load_data(args):
     """Training and validation questions, contexts cut to --context-chars if set."""
-    train = load_examples(args.task, "train", args.data, args.seed)
+    hub = args.data == "hub"
+    train = load_examples(args.task, "train", None if hub else args.data, args.seed)
     if args.val_data:
         val = load_examples(args.task, "val", args.val_data, args.seed)
-    elif args.data:  # hold out --val-size questions of the local file
+    elif not hub:  # hold out --val-size questions of the local file
         if not 0 < args.val_size < len(train):
             raise SystemExit(f"--val-size {args.val_size}: hold out between 1 and {len(train) - 1} of the {len(train)} "
                              f"questions in --data {args.data}, or pass --val-data")
@@ -307,14 +371,30 @@ def load_data(args):
     return train, val
 
 
+def validation_cost(args, n_val: int) -> str:
+    """One line: what validation costs next to training, in decoding steps (the time of generation is
+    nearly flat in the batch's rows, so sequential decoding steps are the right proxy) and in tokens."""
+    periodic = [s for s in range(args.steps - 1) if args.eval_every and (s + 1) % args.eval_every == 0]
+    n_periodic = min(args.val_subset or n_val, n_val)
+    val_calls = len(periodic) * math.ceil(n_periodic / args.eval_batch) + math.ceil(n_val / args.eval_batch)
+    val_steps = val_calls * (args.think_budget + args.answer_budget)
+    val_tokens = (len(periodic) * n_periodic + n_val) * args.eval_n * (args.think_budget + args.answer_budget)
+    gen = args.gen_batch or args.prompts_per_step
+    train_steps = args.steps * math.ceil(args.prompts_per_step / gen) * (
+        args.think_budget + (args.answer_budget if args.estimator == "grpo" else 0))
+    train_tokens = args.steps * args.prompts_per_step * args.M * args.think_budget
+    return (f"validation: {len(periodic)} periodic on {n_periodic} and 1 final on {n_val} questions x {args.eval_n} "
+            f"samples, {args.eval_batch} questions per call: at most {val_steps / (val_steps + train_steps):.0%} of "
+            f"the run's decoding steps, {val_tokens / (val_tokens + train_tokens):.0%} of its generated tokens")
+
+
 def validate(args, model, tokenizer, val, step):
     """Validation p@1 / p@n / maj@n, under its own fixed seed so that it never shifts training's RNG."""
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if args.device == "cuda" else []):
         torch.manual_seed(args.seed + 7919 * (step + 1))
-        with autocast(args):
+        with autocast(args.device, args.precision):
             metrics, _ = evaluate(model, tokenizer, val, args.task, args.start, args.eval_n, args.think_budget,
-                                  args.answer_budget, progress=False,
-                                  prompts_per_call=args.gen_batch or args.prompts_per_step)
+                                  args.answer_budget, prompts_per_call=args.eval_batch, progress=True)
     return {f"val/{k}": v for k, v in metrics.items()}
 
 
@@ -325,6 +405,7 @@ def main(argv=None):
     train_examples, val_examples = load_data(args)  # data errors surface before the (slow) model load
     print(f"data: {len(train_examples)} training and {len(val_examples)} validation questions "
           f"({args.task}, {args.start} start)")
+    print(validation_cost(args, len(val_examples)))
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(os.path.realpath(Path(args.out) / "latest") if args.resume else args.model,
                                   device=args.device)
@@ -332,7 +413,8 @@ def main(argv=None):
 
 
 def train(args, model, tokenizer, train_examples, val_examples) -> Path:
-    """The training loop. Any model/tokenizer pair and list of {question, context, answer, aliases} will do."""
+    """The training loop: `args` from parse_args, any model/tokenizer pair, lists of
+    {question, context, answer, aliases} (data.load_examples)."""
     out = Path(args.out)
     random.seed(args.seed)
     torch.manual_seed(args.seed)  # rollout sampling and PAFT resampling, also when train() is called directly
@@ -346,91 +428,100 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
     else:
         optimizer = torch.optim.SGD(params, lr=args.lr)
     batches = Batches(train_examples, args.seed)
-    start_step, best = 0, -math.inf
     if args.resume:
-        resume_dir = os.path.realpath(out / "latest")
-        state = torch.load(Path(resume_dir) / "trainer_state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        batches.load_state_dict(state["data"])
-        set_rng_state(state["rng"])
-        start_step, best = state["step"], state["best"]
-        # Lines logged after that checkpoint (a run killed mid-step) are dropped: they will be redone.
-        lines = (out / "metrics.jsonl").read_text().splitlines()
-        (out / "metrics.jsonl").write_text("".join(l + "\n" for l in lines if json.loads(l)["step"] < start_step))
-        print(f"resumed from {resume_dir} at step {start_step}")
+        start_step, best = resume(out, optimizer, batches)
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run_config.json").write_text(json.dumps(vars(args), indent=2))
+        start_step, best = start_run(out, vars(args))
+    B, M = args.prompts_per_step, args.M
+    first = last = None  # the first and the last step's statistics, for the summary at the end
 
     bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc="train", file=sys.stdout)
     for step in bar:
-        q = q_at(step, args)
-        # Learning rate: linear warmup, then constant (the paper publishes no schedule).
-        lr = args.lr * min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps else args.lr
+        q = q_at(step, args.q_schedule, args.q, args.q_final, args.q_steps)
+        lr = args.lr * min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps else args.lr  # warmup, then constant
         for group in optimizer.param_groups:
             group["lr"] = lr
         stats = {"step": step, "q": q, "lr": lr}
-        examples = batches.next(args.prompts_per_step)
+        timer = phase_timer(stats, args.device)
+        examples = batches.next(B)
 
-        # 1. rollouts: M rationales per question (and, for GRPO, the model's own answers)
-        t = time.perf_counter()
-        prompts = [prompt_ids(tokenizer, ex, args.task, args.start) for ex in examples]
-        gen_batch = args.gen_batch or len(examples)
-        groups = []
-        with autocast(args):
-            for i in range(0, len(prompts), gen_batch):
-                groups += generate(model, prompts[i:i + gen_batch], args.M, tokens, args.think_budget,
-                                   args.answer_budget if args.estimator == "grpo" else None,
-                                   args.temperature, args.top_p)
-        sync(args)
-        stats["time_generate"] = time.perf_counter() - t
-        flat = [s for g in groups for s in g]
-        answers_generated = args.estimator == "grpo"  # GARL/PAFT's y is the gold answer, not sampled
-        stats["tokens_generated"] = sum(len(s.z_ids) + len(s.forced_ids) + (len(s.y_ids) if answers_generated else 0)
-                                        for s in flat)
-        stats["think_tokens_mean"] = sum(len(s.z_ids) for s in flat) / len(flat)
-        stats["forced_frac"] = sum(s.forced for s in flat) / len(flat)
+        # 1. rollouts: M rationales per question; GRPO's rows go on to write their own answers
+        with timer("generate"), autocast(args.device, args.precision):
+            groups = rollouts(model, tokenizer, examples, args.task, args.start, M, tokens, args.think_budget,
+                              args.answer_budget if args.estimator == "grpo" else None, args.gen_batch,
+                              args.temperature, args.top_p)  # groups[b][m]
 
-        # 2-3. weights or rewards, then the estimator's coefficients
-        with autocast(args):
-            coef_z, coef_y = sequence_coefficients(args, q, groups, examples, tokenizer, model, tokens, stats)
+        # 2. GARL/PAFT: the gold answer y* after every rationale, scored without gradient: log w [B, M]
+        #    GRPO: the answers the model wrote, scored by the verifier: reward [B, M]
+        log_w = reward = None
+        with timer("weights"), autocast(args.device, args.precision):
+            if args.estimator in ("garl", "paft"):
+                attach_gold_answers(groups, examples, tokenizer)
+                flat = [s for g in groups for s in g]
+                log_w = log_weights(model, flat, tokens, args.micro_batch).view(B, M).double()  # [B, M] log w_m
+            else:
+                reward = grpo_rewards(groups, examples, tokenizer)  # [B, M]
 
-        # 4. gradient pass, accumulated over micro-batches
-        t = time.perf_counter()
+        # 3. the estimator: score_coef weights a sequence's rationale tokens, path_coef its answer tokens
+        with timer("estimator"):
+            if args.estimator == "garl":  # Algorithm 1: c_m / (M^q M) and (w_m / w_bar^q) / (M^q M)
+                score_coef, path_coef = garl_coefficients(log_w, q)  # [B, M] each
+                if args.no_pathwise:
+                    path_coef = torch.zeros_like(path_coef)
+            elif args.estimator == "paft":  # Algorithm 2: (n_m / K) w_bar^(1-q) / M^q on both, SFT-style
+                score_coef = path_coef = paft_coefficients(log_w, q, k=args.K)  # [B, M]
+            else:  # GRPO: A_m / (|o_m| M), the group-normalized advantage over the sequence's length
+                lengths = torch.tensor([[len(s.z_ids) + len(s.y_ids) for s in g] for g in groups])  # [B, M]
+                score_coef = path_coef = grpo_coefficients(reward, lengths)  # [B, M]
+
+        # 4. the gradient, accumulated over micro-batches
         optimizer.zero_grad(set_to_none=True)
-        gradient_pass(args, model, groups, coef_z, coef_y, tokens, stats)
-        sync(args)
-        stats["time_backward"] = time.perf_counter() - t
+        with timer("backward"):
+            stats["loss"], stats["seqs_in_grad_pass"] = gradient_pass(
+                model, groups, score_coef, path_coef, tokens, args.micro_batch, args.precision)
 
-        # 5. update. The norm is measured before clipping (clip_grad_norm_ returns it): a diagnostic.
-        t = time.perf_counter()
-        max_norm = args.grad_clip if args.grad_clip > 0 else math.inf
-        has_grad = any(p.grad is not None for p in params)  # none when every coefficient was zero
-        stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_norm).item() if has_grad else 0.0
-        optimizer.step()
-        sync(args)
-        stats["time_optimizer"] = time.perf_counter() - t
+        # 5. the update. The norm is measured before clipping (clip_grad_norm_ returns it): a diagnostic.
+        with timer("optimizer"):
+            has_grad = any(p.grad is not None for p in params)  # none when every coefficient was zero
+            max_norm = args.grad_clip if args.grad_clip > 0 else math.inf
+            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_norm).item() if has_grad else 0.0
+            optimizer.step()
 
-        last = step + 1 == args.steps
-        if last or (args.eval_every and (step + 1) % args.eval_every == 0):
-            t = time.perf_counter()
-            stats.update(validate(args, model, tokenizer, val_examples, step))
-            stats["time_eval"] = time.perf_counter() - t
+        stats.update(monitor(groups, q, log_w, reward, args.estimator))
+        done = step + 1 == args.steps
+        if done or (args.eval_every and (step + 1) % args.eval_every == 0):
+            subset = val_examples if done or not args.val_subset else val_examples[:args.val_subset]
+            with timer("eval"):
+                stats.update(validate(args, model, tokenizer, subset, step))
             maj = stats[f"val/maj@{args.eval_n}"]
-            if maj > best:  # the paper reports the checkpoint with the best validation maj@16
-                best = maj
-                save_checkpoint(out, f"best-step-{step + 1:06d}", model, tokenizer, None, "best")
+            if done or not args.val_subset:  # select the best checkpoint on the whole validation set only
+                if maj > best:  # the paper reports the checkpoint with the best validation maj@16
+                    best = maj
+                    save_checkpoint(out, f"best-step-{step + 1:06d}", model, tokenizer, None, "best")
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(stats) + "\n")
-        shown = ["loss", "w_bar_mean", "reward_mean", "grad_norm"]
-        bar.set_postfix({k: f"{stats[k]:.3g}" for k in shown if k in stats})
+        first, last = first or stats, stats
+        bar.set_postfix({k: f"{stats[k]:.3g}" for k in ["loss", "w_bar_mean", "j_q", "reward_mean"] if k in stats})
 
-        if last or (step + 1) % args.save_every == 0:
-            state = {"optimizer": optimizer.state_dict(), "data": batches.state_dict(), "rng": rng_state(),
-                     "step": step + 1, "best": best, "args": vars(args)}
-            save_checkpoint(out, f"step-{step + 1:06d}", model, tokenizer, state, "latest")
-    print(f"done: {out}/metrics.jsonl, checkpoints {out}/latest and {out}/best (val maj@{args.eval_n} {best:.1f})")
+        if done or (args.save_every and (step + 1) % args.save_every == 0):
+            save_checkpoint(out, f"step-{step + 1:06d}", model, tokenizer,
+                            trainer_state(optimizer, batches, step + 1, best, vars(args)), "latest")
+    bar.close()
+    summarize(args, first, last, best)
     return out
+
+
+def summarize(args, first, last, best):
+    """The run in three lines: did the quantity the estimator optimizes move?"""
+    if first is not None and first is not last:
+        key = "reward_mean" if args.estimator == "grpo" else "w_bar_mean"
+        name = "reward (exact match)" if args.estimator == "grpo" else "w_bar (the estimate of P = p(y*|x))"
+        line = f"training batches, step {first['step'] + 1} -> {last['step'] + 1}: {name} {first[key]:.3g} -> {last[key]:.3g}"
+        if "j_q" in first:
+            line += f", J_Q {first['j_q']:.3g} -> {last['j_q']:.3g}"
+        print(line)
+    print(f"done: {args.out}/metrics.jsonl, checkpoints {args.out}/latest and {args.out}/best "
+          f"(val maj@{args.eval_n} {best:.1f})")
 
 
 if __name__ == "__main__":

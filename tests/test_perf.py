@@ -8,7 +8,6 @@
 and a smoke run of bench.py.
 """
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -142,9 +141,8 @@ def test_paft_distinct_sequences_weighted_by_count_equal_the_plain_sum(tiny):
     counts = paft_resample(log_w, M, torch.Generator().manual_seed(7))  # [B, M], the same draws
     assert (counts == 0).any() and (counts > 1).any()
 
-    args = SimpleNamespace(micro_batch=3, device="cpu", precision="fp32")
     model.zero_grad()
-    train.gradient_pass(args, model, groups, coef, coef, tokens, {})
+    train.gradient_pass(model, groups, coef, coef, tokens, micro_batch=3)
     dedup = grads(model)
 
     model.zero_grad()

@@ -1,5 +1,4 @@
 """End-to-end trainer and evaluator on the tiny model and the shipped samples."""
-import argparse
 import json
 import os
 from pathlib import Path
@@ -10,8 +9,9 @@ import torch
 import eval as evaluator
 import models
 import train
-from prompts import prompt_ids
-from rollout import Sample, Tokens, generate
+from garl import garl_coefficients, garl_loss
+from logprobs import log_weights, sequence_logprobs
+from rollout import Sample, Tokens
 
 HOTPOT = "samples/hotpotqa_dev_distractor_sample.json"
 FAST = ["--model", "tiny", "--task", "hotpotqa", "--data", HOTPOT, "--M", "3", "--think-budget", "5",
@@ -64,45 +64,58 @@ def test_gradient_accumulation_is_exact():
     model = models.build_tiny_model(tok)
     tokens = Tokens.of(tok)
     ex = {"id": "a", "question": "Who?", "context": "Rush: a band.", "answer": "Rush", "aliases": []}
+    examples = [ex, dict(ex, question="Which band?")]
     torch.manual_seed(0)
-    prompts = [prompt_ids(tok, e, "hotpotqa", "warm")
-               for e in [ex, dict(ex, question="Which band?")]]
-    groups = generate(model, prompts, 4, tokens, think_budget=6)
-    args = argparse.Namespace(estimator="garl", M=4, micro_batch=8, no_pathwise=False, K=None, device="cpu",
-                              precision="fp32")
-    stats = {}
-    coef_z, coef_y = train.sequence_coefficients(args, 0.75, groups, [ex, ex], tok, model, tokens, stats)
+    groups = train.rollouts(model, tok, examples, "hotpotqa", "warm", 4, tokens, 6, None, 0)
+    train.attach_gold_answers(groups, examples, tok)
+    log_w = log_weights(model, [s for g in groups for s in g], tokens, 8).view(2, 4).double()  # [B, M]
+    score_coef, path_coef = garl_coefficients(log_w, 0.75)
     grads = []
     for micro_batch in [1, 3, 8]:
         model.zero_grad()
-        train.gradient_pass(argparse.Namespace(**{**vars(args), "micro_batch": micro_batch}), model, groups,
-                            coef_z, coef_y, tokens, stats)
+        train.gradient_pass(model, groups, score_coef, path_coef, tokens, micro_batch)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[1], grads[0], atol=1e-7, rtol=1e-5)
     torch.testing.assert_close(grads[2], grads[0], atol=1e-7, rtol=1e-5)
 
 
-def test_grpo_rewards_exact_match_of_the_extracted_answer():
+def test_the_gradient_pass_is_the_gradient_of_garl_loss():
+    """train.gradient_pass, with garl_coefficients of the weight pass, is Algorithm 1 (garl.garl_loss) exactly."""
     tok = models.build_tiny_tokenizer()
     model = models.build_tiny_model(tok)
+    tokens = Tokens.of(tok)
+    examples = [{"id": str(i), "question": q, "context": "Rush: a band.", "answer": "Rush", "aliases": []}
+                for i, q in enumerate(["Who?", "Which band?"])]
+    torch.manual_seed(1)
+    groups = train.rollouts(model, tok, examples, "hotpotqa", "warm", 3, tokens, 5, None, 0)
+    train.attach_gold_answers(groups, examples, tok)
+    flat = [s for g in groups for s in g]
+    log_w = log_weights(model, flat, tokens, 6).view(2, 3).double()
+    score_coef, path_coef = garl_coefficients(log_w, 0.5)
+    model.zero_grad()
+    train.gradient_pass(model, groups, score_coef, path_coef, tokens, 2)
+    ours = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logp_z, logp_y = sequence_logprobs(model, flat, tokens)  # [6] each
+    garl_loss(logp_z.view(2, 3), logp_y.view(2, 3), 0.5).backward()
+    for a, b in zip(ours, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+
+
+def test_grpo_rewards_exact_match_of_the_extracted_answer():
+    tok = models.build_tiny_tokenizer()
     ex = {"id": "a", "question": "Who?", "context": "", "answer": "Rush", "aliases": ["Rush (band)"]}
     answers = ["\n\nRush", "\n\nThe answer is rush.", "\n\nToto", "\n\nRush (band)"]
     group = [Sample([1], [5, 6], [], tok(a, add_special_tokens=False).input_ids + [tok.eos_token_id]) for a in answers]
-    args = argparse.Namespace(estimator="grpo", M=4, device="cpu")
-    stats = {}
-    coef_z, coef_y = train.sequence_coefficients(args, 0.0, [group], [ex], tok, model, Tokens.of(tok), stats)
-    assert stats["reward_mean"] == 0.75
-    assert (coef_z[0, [0, 1, 3]] > 0).all() and coef_z[0, 2] < 0 and torch.equal(coef_z, coef_y)
+    reward = train.grpo_rewards([group], [ex], tok)
+    assert reward.tolist() == [[1.0, 1.0, 0.0, 1.0]]
 
 
 def test_q_schedules():
-    args = argparse.Namespace(q=1.0, q_final=0.0, q_steps=10, q_schedule="switch")
-    assert [train.q_at(s, args) for s in (0, 9, 10, 50)] == [1.0, 1.0, 0.0, 0.0]
-    args.q_schedule = "linear"
-    assert [train.q_at(s, args) for s in (0, 5, 10, 20)] == [1.0, 0.5, 0.0, 0.0]
-    args.q_schedule = "constant"
-    assert train.q_at(7, args) == 1.0
+    assert [train.q_at(s, "switch", 1.0, 0.0, 10) for s in (0, 9, 10, 50)] == [1.0, 1.0, 0.0, 0.0]
+    assert [train.q_at(s, "linear", 1.0, 0.0, 10) for s in (0, 5, 10, 20)] == [1.0, 0.5, 0.0, 0.0]
+    assert train.q_at(7, "constant", 1.0, 0.0, 10) == 1.0
 
 
 def test_eval_on_a_saved_checkpoint(tmp_path):
@@ -125,6 +138,15 @@ def test_eval_on_a_saved_checkpoint(tmp_path):
     (["--estimator", "ppo"], "invalid choice"),
     (["--data", "no/such/file.json"], "no such file"),
     (["--think-budget", "0"], "--think-budget must be >= 1"),
+    (["--q-schedule", "linear", "--q-steps", "0"], "--q-steps must be >= 1"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--lr", "nan"], "--lr must be > 0"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--temperature", "0"], "--temperature must be > 0"),
+    (["--gen-batch", "-1"], "--gen-batch must be >= 0"),
+    (["--eval-batch", "0"], "--eval-batch must be >= 1"),
+    (["--K", "0"], "--K must be >= 1"),
+    (["--preset", "gpu"], "invalid choice"),
 ])
 def test_bad_flags_fail_before_any_model_loads(tmp_path, monkeypatch, capsys, flags, message):
     monkeypatch.setattr(train, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
