@@ -25,6 +25,9 @@ Bad-input policy (nothing is dropped silently):
     | condition                                           | action                                 |
     |-----------------------------------------------------|----------------------------------------|
     | unknown task or split; hub mode without a split     | ValueError                             |
+    | hub dataset unreachable or failing to load          | HubUnavailableError (a ValueError):    |
+    | (no network, offline mode, outage, ...)             | the load_dataset call, the error, and  |
+    |                                                     | the flags to pass (--data, --val-data) |
     | missing file                                        | FileNotFoundError                      |
     | malformed JSON / JSONL line, not UTF-8, no rows     | ValueError naming the file (and line)  |
     | row not an object; field missing, null or mistyped  | ValueError naming file, row (0-based), |
@@ -34,6 +37,7 @@ Bad-input policy (nothing is dropped silently):
 """
 
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -102,15 +106,50 @@ def load_hub_rows(task: str, split: str) -> list[dict]:
 
     hub_split = SOURCE_SPLIT[task][split]
     if task == "finqa":
-        ds = datasets.load_dataset(FINQA_HUB_ID, data_files={hub_split: FINQA_HUB_FILES[hub_split]},
-                                   split=hub_split)
+        args, kwargs = (FINQA_HUB_ID,), {"data_files": {hub_split: FINQA_HUB_FILES[hub_split]}}
     elif task == "hotpotqa":
-        ds = datasets.load_dataset(HOTPOTQA_HUB_ID, HOTPOTQA_HUB_CONFIG, split=hub_split)
+        args, kwargs = (HOTPOTQA_HUB_ID, HOTPOTQA_HUB_CONFIG), {}
     else:
-        ds = datasets.load_dataset(MUSIQUE_HUB_ID, data_files={hub_split: MUSIQUE_HUB_FILES[hub_split]},
-                                   split=hub_split)
+        args, kwargs = (MUSIQUE_HUB_ID,), {"data_files": {hub_split: MUSIQUE_HUB_FILES[hub_split]}}
+    kwargs["split"] = hub_split
+    try:
+        ds = datasets.load_dataset(*args, **kwargs)
+    except Exception as e:  # no network, offline mode, hub outage, gated repo, a datasets version too old, ...
+        offline = [name for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+                   if os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")]
+        raise HubUnavailableError(hub_unavailable_message(task, split, args, kwargs, e, offline)) from e
     # parse_rows applies to_original_format to every row, so hub rows and local rows share one parser.
     return [dict(row) for row in ds]
+
+
+class HubUnavailableError(ValueError):
+    """The hub copy of a dataset could not be loaded; the message says what failed and which flag to pass."""
+
+
+def hub_unavailable_message(task: str, split: str, args: tuple, kwargs: dict, error: Exception,
+                            offline: list[str] = ()) -> str:
+    """One paragraph for the CLIs to print: the load_dataset call, what failed, and the flags to pass instead.
+
+    offline names the offline-mode variables that are set (HF_DATASETS_OFFLINE, HF_HUB_OFFLINE).
+
+    >>> print(hub_unavailable_message("musique", "val", ("dgslibisey/MuSiQue",), {"split": "validation"},
+    ...                               ConnectionError("Couldn't reach 'dgslibisey/MuSiQue' on the Hub")))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    could not load the musique val questions from the Hugging Face hub: datasets.load_dataset('dgslibisey/MuSiQue',
+    split='validation') failed with ConnectionError: Couldn't reach 'dgslibisey/MuSiQue' on the Hub. Without
+    network, pass the dataset as a local file in its original format: --data FILE (eval.py, train.py); train.py
+    also takes --val-data FILE for its validation questions (samples/ holds 40-row examples of each format).
+    """
+    call = ", ".join([repr(a) for a in args] + [f"{key}={value!r}" for key, value in kwargs.items()])
+    lines = str(error).strip().splitlines()
+    reason = f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+    if offline:  # why datasets did not even try the network
+        verb = "is" if len(offline) == 1 else "are"
+        reason += f"; {' and '.join(offline)} {verb} set, so datasets reads only its local cache"
+    return (f"could not load the {task} {split} questions from the Hugging Face hub: datasets.load_dataset({call}) "
+            f"failed with {reason}. Without network, pass the dataset as a local file in its original format: "
+            f"--data FILE (eval.py, train.py); train.py also takes --val-data FILE for its validation questions "
+            f"(samples/ holds 40-row examples of each format).")
 
 
 def read_records(path: str | Path) -> tuple[list, list[int | None]]:

@@ -1,15 +1,18 @@
-"""Evaluate a model: p@1, p@n and maj@n with the paper's relaxed match, plus the official EM/F1.
+"""Evaluate a model: p@1, p@n and maj@n with the relaxed match, plus the official EM/F1.
 
     python eval.py --model runs/my-run/best --task hotpotqa --split test -n 16
     python eval.py --model smollm2 --task finqa --data samples/finqa_dev_sample.json -n 4 --limit 8
 
 For each question, sample n completions (thinking block, forced "</think>" at the budget, then up to
 128 answer tokens), extract each answer, and score (paper Sec. 7):
-    p@1     mean over the n samples of substring_match (a normalized gold is a substring of the answer)
+    p@1     mean over the n samples of rewards.substring_match (the gold appears in the answer as a
+            whole run of tokens; numbers keep their sign, decimals and %, and compare as numbers)
     p@n     1 if any of the n samples is correct
-    maj@n   substring_match of the majority-vote answer
+    maj@n   substring_match of the majority-vote answer (rewards.majority_vote)
 and, beside them, em@1 and f1@1 (the official HotPotQA/MuSiQue metrics, mean over samples) and, for
 FinQA, numeric@1 (numeric equivalence). Writes DIR/results.json and DIR/predictions.jsonl.
+Project choice: the paper states a plain character substring; it would accept gold "7" in "2017" and
+gold "no" in "know" (docs/answer_checking.md), so the tables use the token-boundary, number-safe match.
 The paper reports the test number of the checkpoint with the best validation maj@16.
 """
 import argparse
@@ -38,7 +41,16 @@ def extracted_answers(tokenizer, group) -> list[str]:
 
 
 def score_question(answers: list[str], example: dict, task: str) -> tuple[dict, str]:
-    """Metrics of one question's n extracted answers (each a mean over samples or a 0/1), and the majority answer."""
+    """Metrics of one question's n extracted answers (each a mean over samples or a 0/1), and the majority answer.
+
+    p@1 / p@n / maj@n use the number-safe, token-boundary relaxed match; em@1 / f1@1 stay official
+    (they merge "2.5" and "25", as the published numbers they are compared with do): below, p@1
+    counts "2.5" and "2.50", official em@1 counts "25" and "2.5".
+
+    >>> scores, majority = score_question(["25", "2.5", "2.50"], {"answer": "2.5", "aliases": []}, "finqa")
+    >>> majority, round(scores["p@1"], 3), scores["maj@n"], round(scores["em@1"], 3), round(scores["numeric@1"], 3)
+    ('2.5', 0.667, 1.0, 0.667, 0.667)
+    """
     golds = [example["answer"]] + example["aliases"]
     correct = [rewards.substring_match(a, golds) for a in answers]
     majority = rewards.majority_vote(answers)
@@ -114,9 +126,14 @@ def main(argv=None):
     from models import load_model  # after argument checks: bad flags fail before any model loads
 
     think_budget = args.think_budget or PAPER_THINK_BUDGETS[args.task]
-    examples = load_examples(args.task, args.split, args.data, args.seed)
+    try:  # data before the model: a bad file or an unreachable hub fails in seconds, not after the model load
+        examples = load_examples(args.task, args.split, args.data, args.seed)
+    except (ValueError, FileNotFoundError) as e:  # data.py's messages name the file, row or hub dataset
+        raise SystemExit(f"eval.py: {e}") from None
     if args.limit:
         examples = examples[:args.limit]
+    if not examples:
+        raise SystemExit(f"eval.py: no {args.task} questions to evaluate in {args.data or 'the hub split'}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_model(args.model, device=device)
     torch.manual_seed(args.seed)

@@ -369,3 +369,83 @@ def test_empty_file(tmp_path):
     path.write_text("\n", encoding="utf-8")
     with pytest.raises(ValueError, match="empty.jsonl: no rows"):
         data.load_examples("musique", path=path)
+
+
+# ---------------------------------------------------------------- hub unreachable
+
+def offline_error(hub_id):
+    from huggingface_hub.errors import OfflineModeIsEnabled
+    return OfflineModeIsEnabled(f"Couldn't reach '{hub_id}' on the Hub (OfflineModeIsEnabled)")
+
+
+@pytest.mark.parametrize("task", data.TASKS)
+@pytest.mark.parametrize("make_error", [
+    lambda hub_id: ConnectionError(f"Couldn't reach '{hub_id}' on the Hub (LocalEntryNotFoundError)"),
+    offline_error,
+    lambda hub_id: datasets.exceptions.DatasetNotFoundError(f"Dataset '{hub_id}' doesn't exist on the Hub"),
+])
+def test_unreachable_hub_is_one_clear_error(task, make_error, monkeypatch):
+    hub_id = {"finqa": data.FINQA_HUB_ID, "hotpotqa": data.HOTPOTQA_HUB_ID, "musique": data.MUSIQUE_HUB_ID}[task]
+    error = make_error(hub_id)
+
+    def unreachable(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(data.HubUnavailableError) as info:
+        data.load_examples(task, "val")
+    message = str(info.value)
+    assert isinstance(info.value, ValueError) and info.value.__cause__ is error
+    assert f"could not load the {task} val questions" in message and repr(hub_id) in message
+    assert f"split={data.SOURCE_SPLIT[task]['val']!r}" in message
+    assert f"{type(error).__name__}: {str(error)}" in message  # what failed
+    assert "--data FILE" in message and "--val-data FILE" in message  # what to pass instead
+    assert "HF_DATASETS_OFFLINE" in message  # conftest sets it: the message says so
+    assert "\n" not in message
+
+
+def test_interrupt_while_loading_is_not_swallowed(monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(datasets, "load_dataset", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        data.load_examples("hotpotqa", "test")
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """eval.py must fail on data before it loads any model."""
+    import models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the data error")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+
+
+def test_eval_without_network_exits_with_the_message_before_loading_a_model(no_model_load, capsys):
+    """The real datasets.load_dataset, offline (conftest sets HF_DATASETS_OFFLINE=1 and an empty HF_HOME)."""
+    import eval as evaluator
+
+    with pytest.raises(SystemExit) as info:
+        evaluator.main(["--model", "tiny", "--task", "hotpotqa"])
+    message = str(info.value.code)
+    assert message.startswith("eval.py: could not load the hotpotqa test questions from the Hugging Face hub")
+    assert repr(data.HOTPOTQA_HUB_ID) in message and "ConnectionError" in message and "--data FILE" in message
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, expected", [
+    ('[{"id": "a",', "bad.jsonl: malformed JSON at line"),
+    (json.dumps(dict(json.loads(FILES["musique"].read_text(encoding="utf-8").splitlines()[0]), answerable=False)),
+     "no musique questions to evaluate"),
+])
+def test_eval_bad_data_file_exits_with_the_message(content, expected, tmp_path, no_model_load):
+    import eval as evaluator
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content + "\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as info:
+        evaluator.main(["--model", "tiny", "--task", "musique", "--data", str(path)])
+    assert str(info.value.code).startswith("eval.py: ") and expected in str(info.value.code)
