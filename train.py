@@ -243,8 +243,12 @@ def attach_gold_answers(groups, examples, tokenizer):
 
 
 def grpo_rewards(groups, examples, tokenizer) -> torch.Tensor:
-    """Step 2 of GRPO: reward [B, M] = 1 when the answer the model wrote matches the gold (the paper: exact match)."""
-    return torch.tensor([[rewards.exact_match(answer, [ex["answer"]] + ex["aliases"])
+    """Step 2 of GRPO: reward [B, M] = 1 when the answer the model wrote matches the gold (the paper: exact match).
+
+    Project choice: exact match after a normalization that keeps numbers intact ("2.5" is not "25"), with
+    FinQA's rounding tolerance for numeric golds (rewards.number_safe_exact_match, docs/answer_checking.md).
+    """
+    return torch.tensor([[rewards.number_safe_exact_match(answer, [ex["answer"]] + ex["aliases"])
                           for answer in extracted_answers(tokenizer, group)]
                          for group, ex in zip(groups, examples)], dtype=torch.float64)  # [B, M]
 
@@ -402,7 +406,10 @@ def validate(args, model, tokenizer, val, step):
 def main(argv=None):
     args = parse_args(argv)
     print("config:", json.dumps(vars(args)))
-    train_examples, val_examples = load_data(args)  # data errors surface before the (slow) model load
+    try:
+        train_examples, val_examples = load_data(args)  # data errors surface before the (slow) model load
+    except (ValueError, FileNotFoundError) as e:  # a bad file or row, an unreachable hub: a message, no traceback
+        raise SystemExit(f"train.py: {e}") from None
     print(f"data: {len(train_examples)} training and {len(val_examples)} validation questions "
           f"({args.task}, {args.start} start)")
     print(validation_cost(args, len(val_examples)))

@@ -187,3 +187,12 @@ def test_a_killed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch
     train.main(FAST + ["--out", str(out), "--estimator", "paft", "--steps", "2", "--resume"])  # and it resumes
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1]
+
+
+def test_no_network_and_no_data_file_is_a_message_not_a_traceback(tmp_path, monkeypatch):
+    """--data hub offline (as here, and for a user without network): a SystemExit that names the flags to pass."""
+    monkeypatch.setattr(train, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--model", "tiny", "--task", "hotpotqa", "--data", "hub", "--out", str(tmp_path / "x")])
+    message = str(exit_info.value.code)
+    assert message.startswith("train.py: ") and "--data FILE" in message and "--val-data" in message
