@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from transformers.utils import logging as transformers_logging
 
 import rewards
 from checkpoint import resume, save_checkpoint, start_run, trainer_state
@@ -414,6 +415,7 @@ def main(argv=None):
           f"({args.task}, {args.start} start)")
     print(validation_cost(args, len(val_examples)))
     torch.manual_seed(args.seed)
+    transformers_logging.disable_progress_bar()  # one progress bar, ours: none for loading or saving weights
     model, tokenizer = load_model(os.path.realpath(Path(args.out) / "latest") if args.resume else args.model,
                                   device=args.device)
     return train(args, model, tokenizer, train_examples, val_examples)
