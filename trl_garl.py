@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedTokenizerBase
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl import GRPOConfig, GRPOTrainer
 from trl.kernels import ChunkedLogProbFunction
 from trl.models import unwrap_model_for_generation
@@ -171,10 +172,13 @@ def add_garl_scoring(model, eos_ids: list[int], cast_lm_head_to_fp32: bool = Fal
     happen there (TRL's trl.trainer.utils.add_fused_lm_head does the same for GRPO's log-probs).
     """
     inner_forward = model.forward  # TRL's fused-head forward, which passes ordinary calls to the original one
-    softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-    if softcap is not None:
-        raise ValueError(f"final_logit_softcapping={softcap}: GARLTrainer bans EOS with a -inf logit bias, which "
-                         "soft-capping would turn into a finite logit; models with logit soft-capping are unsupported")
+    text_config = model.config.get_text_config()
+    # The output layer must be a plain linear map (as logprobs.py requires too): soft-capping would turn the -inf
+    # EOS bias into a finite logit, and a logit scale (TRL reads several spellings of it) is not applied here.
+    for name in ["final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"]:
+        if getattr(text_config, name, None) not in (None, 1.0):
+            raise ValueError(f"model config {name}={getattr(text_config, name)}: GARLTrainer supports output layers "
+                             "without logit soft-capping or scaling")
 
     @functools.wraps(type(model).forward)  # keep the signature: generate validates its kwargs against it
     def forward(self, *args, score_masks=None, **kwargs):
@@ -192,7 +196,8 @@ def _score_tokens(model, input_ids, attention_mask, z_mask, y_mask, eos_ids, cas
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [N, T]
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                               use_cache=False).last_hidden_state  # [N, T, H]
-    hidden, targets = hidden[:, :-1], input_ids[:, 1:]  # the state at t-1 predicts the token at t: [N, T-1, H], [N, T-1]
+    # the state at t-1 predicts the token at t
+    hidden, targets = hidden[:, :-1], input_ids[:, 1:]  # [N, T-1, H], [N, T-1]
     z, y = z_mask[:, 1:].bool(), y_mask[:, 1:].bool()  # [N, T-1] each
     lm_head = model.get_output_embeddings()
     weight, bias = lm_head.weight, lm_head.bias
@@ -209,7 +214,7 @@ def _score_tokens(model, input_ids, attention_mask, z_mask, y_mask, eos_ids, cas
         # logsumexp and in the softmax of the backward, so EOS gets no probability and no gradient).
         ban = torch.zeros(weight.shape[0], device=hidden.device, dtype=torch.float32)  # [V]
         ban[torch.tensor(eos_ids, device=hidden.device)] = float("-inf")
-        z_bias = ban if bias is None else bias + ban.to(bias.dtype)
+        z_bias = _nothing_to_gather(ban if bias is None else bias + ban.to(bias.dtype))
         logp_z = ChunkedLogProbFunction.apply(hidden[z], weight, z_bias, targets[z], 1.0, VOCAB_CHUNK, None, 1.0,
                                               ())[0]  # [n_z]
         logp_y = ChunkedLogProbFunction.apply(hidden[y], weight, bias, targets[y], 1.0, VOCAB_CHUNK, None, 1.0,
@@ -217,6 +222,15 @@ def _score_tokens(model, input_ids, attention_mask, z_mask, y_mask, eos_ids, cas
     # Scatter back into [N, T-1]; masked_scatter keeps the result connected to the graph even when a mask is empty.
     out = torch.zeros(z.shape, device=hidden.device, dtype=torch.float32)
     return out.masked_scatter(z, logp_z.float()).masked_scatter(y, logp_y.float())  # [N, T-1]
+
+
+def _nothing_to_gather(t: torch.Tensor) -> torch.Tensor:
+    """Under ZeRO-3, TRL's kernel re-gathers its weight and bias arguments in its backward and reads `ds_status`
+    from each; the EOS-ban bias is a plain tensor, whole already: mark it available (nothing to gather)."""
+    if is_deepspeed_zero3_enabled():
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+        t.ds_status = ZeroParamStatus.AVAILABLE  # a Python attribute: it stays on the tensor the backward unpacks
+    return t
 
 
 # ------------------------------------------------------------------------------------------------ rollouts as tensors
@@ -249,9 +263,10 @@ def rationale_from_generated(prompt_ids: list[int], generated: list[int], tokens
 def vllm_sampling_kwargs(tokens: Tokens) -> dict:
     """Extra vLLM SamplingParams for rationales: EOS banned, stop at a one-token "</think>".
 
-    vLLM's logit_bias is clamped to [-100, 100] by its OpenAI server: -100 multiplies an EOS probability by
-    e^-100 ~ 4e-44, zero in fp32. A multi-token "</think>" gets no stop condition: generation runs to the budget
-    and rationale_from_generated cuts it at the first "</think>" (exact, at the price of the tokens after it).
+    -100 is the lower end of the OpenAI API's logit_bias range (server mode goes through vLLM's OpenAI
+    server): it multiplies an EOS probability by e^-100 ~ 4e-44, zero in fp32. A multi-token "</think>" gets no
+    stop condition: generation runs to the budget and rationale_from_generated cuts it at the first "</think>"
+    (exact, at the price of the tokens after it).
     >>> vllm_sampling_kwargs(Tokens(close_ids=[9], eos_ids=[0, 2], pad_id=1))
     {'logit_bias': {0: -100.0, 2: -100.0}, 'stop_token_ids': [9]}
     """
@@ -294,7 +309,8 @@ def token_coefficients(score_coef: torch.Tensor, path_coef: torch.Tensor, z_mask
     """Per-token coefficients [N, C]: score_coef [N] on rationale tokens, path_coef [N] on answer tokens, 0 elsewhere.
 
     Summed against per-token log-probs they give score_coef * logp_z + path_coef * logp_y, row by row.
-    >>> token_coefficients(torch.tensor([2.0]), torch.tensor([5.0]), torch.tensor([[1, 1, 0, 0]]), torch.tensor([[0, 0, 1, 0]]))
+    >>> z, y = torch.tensor([[1, 1, 0, 0]]), torch.tensor([[0, 0, 1, 0]])   # 2 rationale tokens, 1 forced, 1 answer
+    >>> token_coefficients(torch.tensor([2.0]), torch.tensor([5.0]), z, y)
     tensor([[2., 2., 5., 0.]])
     """
     return score_coef[:, None] * z_mask + path_coef[:, None] * y_mask  # [N, C]
@@ -459,7 +475,8 @@ class GARLTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict]) -> dict[str, torch.Tensor]:
         """Steps 1-3 for this process's rows of the step: rollouts, log w, coefficients -> per-token coefficients."""
         if not self.model.training:
-            raise RuntimeError("GARLTrainer does not evaluate (eval_strategy must be 'no'); score checkpoints with eval.py")
+            raise RuntimeError("GARLTrainer does not evaluate (eval_strategy must be 'no'); score checkpoints with "
+                               "eval.py")
         device = self.accelerator.device
         prompt_ids = [self._prompt_ids(x["prompt"]) for x in inputs]
 
@@ -467,7 +484,7 @@ class GARLTrainer(GRPOTrainer):
         samples = self._sample_rationales(prompt_ids)  # [N] local rows, y empty
         time_generate = time.perf_counter() - t
         for s, x in zip(samples, inputs):
-            s.y_ids = gold_ids(self.processing_class, str(x[self.args.answer_column]))  # y* teacher-forced, EOS included
+            s.y_ids = gold_ids(self.processing_class, str(x[self.args.answer_column]))  # y*, EOS included
         batch = batch_tensors(samples, self.tokens.pad_id, device)
 
         t = time.perf_counter()

@@ -36,7 +36,8 @@ from trl_garl import GARLTrainer  # noqa: E402
 
 
 class StepTimer(TrainerCallback):
-    """Wall time of each optimizer step: on_step_begin (before its first micro-batch) to on_step_end (after the update)."""
+    """Wall time of each optimizer step: on_step_begin (before its first micro-batch) to on_step_end (after the
+    update)."""
 
     def __init__(self):
         self.times, self.start = [], None
@@ -106,7 +107,8 @@ def main():
     ratio = rows["train_trl.py"]["step_s"] / rows["train.py"]["step_s"]
     print(f"train_trl.py / train.py, median step time: {ratio:.2f}x")
     if a.out:
-        Path(a.out).write_text(json.dumps({"flags": flags, "threads": a.threads, "rows": rows, "ratio": ratio}, indent=2))
+        result = {"flags": flags, "threads": a.threads, "rows": rows, "ratio": ratio}
+        Path(a.out).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -20,13 +20,23 @@ except ImportError as e:  # loud, not skipped: CI must install requirements-trl.
 import trl_worker as w
 from prompts import gold_ids, prompt_ids, user_message
 from rollout import Sample, Tokens, generate
-from trl_garl import GARLConfig, GARLTrainer, rationale_from_generated, vllm_sampling_kwargs
+from trl_garl import GARLTrainer, rationale_from_generated, vllm_sampling_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO = w.EXAMPLES[:2]  # B = 2 questions, M = 4: one step is 8 rows
 
 
-# ------------------------------------------------------------------------------------------------ 1. equals our estimators
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one torch thread is faster, and on a shared 2-core machine two threads made a step 10x
+    slower (thread contention). Restored after each test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------- 1. equals our estimators
 @pytest.fixture(scope="module")
 def rollouts():
     _, tok = w.tiny()
@@ -217,7 +227,7 @@ def test_refused_dataset_without_answers(tmp_path):
                     processing_class=tok)
 
 
-# ------------------------------------------------------------------------------------------------ TRL internals we rely on
+# ------------------------------------------------------------------------------------------- TRL internals we rely on
 def test_trl_internals_keep_their_signatures():
     """trl_garl.py overrides or calls these private TRL pieces (pinned: requirements-trl.txt). If one changes,
     this fails and trl_garl.py must be re-checked against the new TRL before the pin moves."""

@@ -55,7 +55,8 @@ def tiny(one_token_close=True, close_bias=0.0, eos_bias=0.0):
 
 
 def dataset(tok, examples):
-    return Dataset.from_list([{"prompt": build_prompt(tok, ex, TASK, START), "answer": ex["answer"]} for ex in examples])
+    return Dataset.from_list([{"prompt": build_prompt(tok, ex, TASK, START), "answer": ex["answer"]}
+                              for ex in examples])
 
 
 def config(out, per_device, accumulation, estimator="garl", q=0.75, steps=1, budget=8, **kw) -> GARLConfig:
