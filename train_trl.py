@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 2 train_trl.py --model tiny --steps 2                  # two CPU processes (gloo)
 
 The same tasks, prompts (prompts.py), data (train.load_data: the same training questions as train.py) and
-defaults as train.py (its GPU_DEFAULTS on CUDA, CPU_DEFAULTS on a CPU), and the same step: B = --prompts-per-step
+defaults as train.py (its presets: "paper" on CUDA, "cpu" otherwise), and the same step: B = --prompts-per-step
 questions x M rationales, one update. TRL splits the step's B x M rows over the processes and each process's
 share into micro-batches of --micro-batch rows: gradient accumulation = B x M / (processes x micro-batch).
 Metrics go to TRL's logger and to OUT/metrics.jsonl, under train.py's names (w_bar_mean, j_q, ...); the model
@@ -33,6 +33,8 @@ from trl_garl import GARLConfig, GARLTrainer
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
+    a("--preset", choices=sorted(train.PRESETS), default=None,
+      help="train.py's defaults for every flag left unset (default: paper on CUDA, cpu otherwise)")
     a("--estimator", choices=["garl", "paft"], default="garl", help="gradient estimator (garl.py, paft.py)")
     a("--q", type=float, default=0.75, help="Tsallis q in [0, 1]: 0 = RLVR-like, 1 = marginal likelihood")
     a("--q-schedule", choices=["constant", "switch", "linear"], default="constant",
@@ -40,11 +42,12 @@ def parse_args(argv=None):
     a("--q-final", type=float, default=0.0, help="q after the switch, or at the end of the linear ramp")
     a("--q-steps", type=int, default=50, help="steps before the switch, or length of the linear ramp")
     a("--no-pathwise", action="store_true", help="GARL: drop the pathwise (answer) term")
-    a("--task", choices=TASKS, default="finqa", help="dataset")
+    a("--task", choices=TASKS, default=None, help="dataset (default as in train.py)")
     a("--start", choices=["warm", "cold"], default="warm", help="warm: instructions in the prompt; cold: the "
       "linearized input only (prompts.py)")
     a("--model", default=None, help="hub id, local checkpoint, 'smollm2' or 'tiny' (default as in train.py)")
-    a("--data", default=None, help="training file in the dataset's original format (default as in train.py)")
+    a("--data", default=None, help="training file in the dataset's original format, 'sample' or 'hub' (default as "
+      "in train.py)")
     a("--val-size", type=int, default=None, help="questions of --data held out as train.py holds them out (its "
       "validation set), so that both train on the same questions (default as in train.py)")
     a("--M", type=int, default=None, help="rationales per question (TRL's num_generations; paper 32)")
@@ -56,7 +59,7 @@ def parse_args(argv=None):
     a("--prompts-per-step", type=int, default=None, help="questions B per step, over all processes")
     a("--micro-batch", type=int, default=None, help="rows per forward/backward on each process (TRL's "
       "per_device_train_batch_size); the gradient does not depend on it")
-    a("--lr", type=float, default=1e-6, help="learning rate, constant after --warmup-steps")
+    a("--lr", type=float, default=None, help="learning rate, constant after --warmup-steps (default as in train.py)")
     a("--warmup-steps", type=int, default=0, help="linear learning-rate warmup")
     a("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     a("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
@@ -77,11 +80,12 @@ def parse_args(argv=None):
     a("--resume", action="store_true", help="continue the run in --out from its last OUT/checkpoint-N")
     args = p.parse_args(argv)
     args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    for key, value in (train.GPU_DEFAULTS if args.device == "cuda" else train.CPU_DEFAULTS).items():
+    args.preset = args.preset or ("paper" if args.device == "cuda" else "cpu")
+    for key, value in train.PRESETS[args.preset].items():
         if getattr(args, key, "absent") is None:
             setattr(args, key, value)
-    if args.data is None and args.device == "cpu":
-        args.data = train.SAMPLE_FILES[args.task]
+    if args.data == "sample":
+        args.data = str(train.SAMPLE_FILES[args.task])
     if args.think_budget is None:
         args.think_budget = PAPER_THINK_BUDGETS[args.task]
     args.val_data = None  # train.load_data's other validation source, unused here
@@ -102,7 +106,7 @@ def check_args(p, args):
     if rows % (args.world_size * args.micro_batch):
         p.error(f"--prompts-per-step {args.prompts_per_step} x --M {args.M} = {rows} rows per step must split evenly "
                 f"into {args.world_size} process(es) x --micro-batch {args.micro_batch}")
-    if args.data is not None and not os.path.isfile(args.data):
+    if args.data != "hub" and not os.path.isfile(args.data):
         p.error(f"--data {args.data}: no such file")
     out = Path(args.out)
     if args.resume and not list(out.glob("checkpoint-*")):

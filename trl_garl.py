@@ -434,7 +434,8 @@ class GARLTrainer(GRPOTrainer):
         return torch.cat(parts)  # [N]
 
     def current_q(self) -> float:
-        return q_at(self.state.global_step, self.args)  # train.py's schedule, on the optimizer step
+        a = self.args
+        return q_at(self.state.global_step, a.q_schedule, a.q, a.q_final, a.q_steps)  # train.py's schedule, per optimizer step
 
     def paft_generator(self, step: int) -> torch.Generator:
         """PAFT's resampling generator for an optimizer step: seeded by (seed, step), so that every process
