@@ -54,11 +54,11 @@ SAMPLE_FILES = {"finqa": ROOT / "samples/finqa_dev_sample.json",
 PRESETS = {
     "paper": dict(model="Qwen/Qwen3-0.6B", task="finqa", data="hub", M=32, think_budget=None, answer_budget=128,
                   context_chars=0, steps=200, prompts_per_step=4, micro_batch=4, gen_batch=1, lr=1e-6,
-                  eval_every=25, eval_n=16, eval_batch=4, val_size=0, val_subset=0, save_every=25,
+                  eval_every=25, eval_n=16, eval_batch=4, val_size=0, train_size=0, val_subset=0, save_every=25,
                   precision="bf16", grad_ckpt=True),
     "cpu": dict(model="smollm2", task="finqa", data="sample", M=4, think_budget=24, answer_budget=24,
                 context_chars=1200, steps=8, prompts_per_step=2, micro_batch=4, gen_batch=0, lr=1e-6,
-                eval_every=0, eval_n=4, eval_batch=4, val_size=4, val_subset=0, save_every=0,
+                eval_every=0, eval_n=4, eval_batch=4, val_size=4, train_size=0, val_subset=0, save_every=0,
                 precision="fp32", grad_ckpt=False),
 }
 # Changing these on --resume is fine; anything else must match the run being resumed.
@@ -101,6 +101,8 @@ def parse_args(argv=None):
     a("--val-data", default=None,
       help="validation file (default: the hub's val subset with --data hub, else --val-size rows held out of --data)")
     a("--val-size", type=int, preset=True, help="validation questions (0: the whole val subset)")
+    a("--train-size", type=int, preset=True, help="train on the first N training questions only (0: all); a few "
+      "questions seen again and again is the classic sanity check that a pipeline learns")
     a("--context-chars", type=int, preset=True, help="cut each context to this many characters (0: never; "
       "cutting is a deviation from the paper that keeps CPU steps short)")
     # the model and the rollouts
@@ -166,7 +168,7 @@ def check_args(p, args):
                 f"got {args.M}")
     at_least = {1: ["steps", "prompts_per_step", "micro_batch", "think_budget", "answer_budget", "eval_n",
                     "eval_batch", "q_steps"],
-                0: ["gen_batch", "eval_every", "save_every", "val_size", "val_subset", "context_chars",
+                0: ["gen_batch", "eval_every", "save_every", "val_size", "train_size", "val_subset", "context_chars",
                     "warmup_steps"]}
     for low, names in at_least.items():
         for name in names:
@@ -368,6 +370,8 @@ def load_data(args):
         val = load_examples(args.task, "val", None, args.seed)
     if args.val_size:
         val = val[:args.val_size]
+    if args.train_size:
+        train = train[:args.train_size]
     if args.context_chars:
         cut = sum(len(ex["context"]) > args.context_chars for ex in train + val)
         train = [dict(ex, context=ex["context"][:args.context_chars]) for ex in train]

@@ -50,6 +50,8 @@ def parse_args(argv=None):
       "in train.py)")
     a("--val-size", type=int, default=None, help="questions of --data held out as train.py holds them out (its "
       "validation set), so that both train on the same questions (default as in train.py)")
+    a("--train-size", type=int, default=None, help="train on the first N training questions only (0: all; default "
+      "as in train.py)")
     a("--M", type=int, default=None, help="rationales per question (TRL's num_generations; paper 32)")
     a("--K", type=int, default=None, help="PAFT: indices resampled per question (default M)")
     a("--think-budget", type=int, default=None, help="thinking tokens before '</think>' is forced (TRL's "
