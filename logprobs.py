@@ -1,118 +1,197 @@
 """Score rollouts: logp_z and logp_y, the sequence-level log-probabilities the estimators take.
 
-    sequence_logprobs(model, samples, tokens)     (logp_z, logp_y) [N], with gradient if enabled
+    sequence_logprobs(model, samples, tokens)     (logp_z, logp_y) [N], with gradient if enabled (gradient pass)
     log_weights(model, samples, tokens, mb)       log w = logp_y [N], no gradient (GARL/PAFT's weight pass)
 
-logp_z sums log p over a sample's rationale tokens under the sampler that drew them (EOS left out of
-the softmax, see rollout.py); logp_y sums log p over its answer tokens, EOS included. Forced
-"</think>" tokens count in neither. Both are SUMS over tokens, as the paper's estimators need.
+For one sample   prompt | z | forced | y   (a rollout.Sample):
+    logp_z = sum over z's tokens of log p(token | all tokens before it), EOS left out of the softmax
+             (the sampler banned it inside the thinking block, see rollout.py)
+    logp_y = sum over y's tokens (EOS included) of log p(token | all tokens before it)
+Forced "</think>" tokens count in neither. Both are SUMS over tokens, as the paper's estimators need.
+Worked example: prompt [p q], z [a b], forced [], y [c EOS]. The hidden state at position t-1
+predicts the token at t, so
+    logp_z = log p(a | p q) + log p(b | p q a)                  (softmaxes without EOS)
+    logp_y = log p(c | p q a b) + log p(EOS | p q a b c)
 
-Performance (bench.py measures each; test_perf.py checks each against the plain path):
-- A prompt is computed once for all its samples: the samples' continuations attend to its keys and
-  values (gradients reach the prompt through them) instead of recomputing it for every sample.
-- Only z and y positions go through the output layer, in chunks of tokens: never [B, T, V] at once.
-  With gradient, a custom autograd function keeps one chunk of logits and one fp32 weight-gradient
-  buffer alive at a time (at Qwen3's 151,936-token vocabulary the full logits of one 5k-token
-  sequence would be 3 GB).
+Precision. Project choice (the paper does not say): under bf16 autocast (the GPU setting: fp32 master
+weights, bf16 compute) the answer tokens go through the output layer in fp32. bf16 keeps 8 significant
+bits: a logit between 16 and 64 is rounded by up to 0.06-0.125 (and the inputs of its dot product are
+rounded too); log w sums such log-probs over the answer, and GARL/PAFT exponentiate it. The answer is a
+few tokens per sample, so fp32 costs little there; the rationale (thousands of tokens per sample) stays
+in the compute dtype. The weight pass and the gradient pass score y the same way, so the pathwise term's
+gradient is the gradient of the log w that weighted it. This removes the output layer's rounding only:
+the model's body still runs in bf16, and on SmolLM2 its rounding of log w is as large as the output
+layer's (`python tests/test_logprobs.py` measures both).
+
+Reading order: `plain_sequence_logprobs` is the whole computation in one function, the definition. Then,
+set apart, the fast path that `sequence_logprobs` and `log_weights` run: the same numbers (tested equal in
+tests/test_logprobs.py and tests/test_perf.py) through three exact rewrites, each saying what it saves:
+    1. only z and y positions go through the output layer, a chunk of tokens at a time
+    2. with gradient, a custom autograd function keeps one chunk of logits alive, not all of them
+    3. a prompt is computed once for all its samples, not once per sample
 """
 import contextlib
 
 import torch
+import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from rollout import COUNTS, Sample, Tokens, full_attention_only
+from rollout import Sample, Tokens, full_attention_only
 
 
-def _token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, lm_head, banned: torch.Tensor | None) -> torch.Tensor:
-    """log p(target) for each row of hidden [n, H]; banned token ids are left out of the softmax."""
-    logits = lm_head(hidden).float()  # [n, V]
+# ================================================================================== the plain computation
+def plain_sequence_logprobs(model, samples: list[Sample], tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logp_z, logp_y), each [N]: every whole sequence through the model, log-softmax at every position.
+
+    The definition that sequence_logprobs computes faster. It holds the logits of every position at
+    once ([N, T, V], twice): fine for reading and testing, not for training at scale (one 4k-token
+    sequence's fp32 logits at Qwen3's 151,936-token vocabulary take 2.5 GB). Autocast or not, the
+    rationale's logits come out of the output layer in the compute dtype, the answer's in fp32.
+    """
+    _check_prompts(samples)
+    device = next(model.parameters()).device
+    T = max(len(s.ids) for s in samples)
+    ids = torch.tensor([s.ids + [tokens.pad_id] * (T - len(s.ids)) for s in samples], device=device)  # [N, T]
+    mask = torch.tensor([[1] * len(s.ids) + [0] * (T - len(s.ids)) for s in samples], device=device)  # [N, T]
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, T, H]
+    # The hidden state at position t-1 predicts the token at t. Right padding is masked and, being
+    # after every real token, never changes one (the attention is causal).
+    hidden, targets = hidden[:, :-1], ids[:, 1:]  # [N, T-1, H], [N, T-1]
+    lm_head = model.get_output_embeddings()
+    eos = torch.tensor(tokens.eos_ids, device=device)
+    token_logp_z = _token_logprobs(hidden, targets, lm_head, banned=eos)  # [N, T-1], compute dtype
+    token_logp_y = _token_logprobs(hidden, targets, lm_head, fp32=True)  # [N, T-1], fp32 output layer
+
+    is_z = torch.zeros(targets.shape, dtype=torch.bool, device=device)  # [N, T-1]: target t-1 is a z token
+    is_y = torch.zeros_like(is_z)  # [N, T-1]: target t-1 is a y token
+    for n, s in enumerate(samples):
+        z0 = len(s.prompt_ids)  # position of z's first token
+        y0 = z0 + len(s.z_ids) + len(s.forced_ids)  # position of y's first token
+        is_z[n, z0 - 1:z0 - 1 + len(s.z_ids)] = True
+        is_y[n, y0 - 1:y0 - 1 + len(s.y_ids)] = True
+    # where, not a product with the mask: token_logp_z is -inf wherever the target is an EOS (y's last
+    # token, padding), and -inf * 0 is nan.
+    logp_z = torch.where(is_z, token_logp_z, 0.0).sum(1)  # [N]
+    logp_y = torch.where(is_y, token_logp_y, 0.0).sum(1)  # [N]
+    return logp_z, logp_y
+
+
+def _token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, lm_head, banned: torch.Tensor | None = None,
+                    fp32: bool = False) -> torch.Tensor:
+    """log p(target) (fp32) for hidden states [..., H] and targets [...], through the whole [..., V] logits.
+
+    banned: token ids left out of the softmax. fp32: the output layer itself in fp32 (answer tokens,
+    see answer_logits); otherwise in the compute dtype (bf16 under autocast), then fp32.
+    """
+    logits = answer_logits(lm_head, hidden) if fp32 else lm_head(hidden).float()  # [..., V]
     if banned is not None:
-        logits = logits.index_fill(1, banned, float("-inf"))
-    return logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(-1)  # [n]
+        logits = logits.index_fill(-1, banned, float("-inf"))
+    return logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)  # [...]
 
 
-class _ChunkedLogProb(torch.autograd.Function):
-    """log p(target) for hidden [n, H] through a linear output layer, one chunk of tokens at a time.
+def answer_logits(lm_head, hidden: torch.Tensor) -> torch.Tensor:
+    """The output layer in fp32, autocast or not: hidden [..., H] -> logits [..., V], the answer's.
 
-    Forward keeps only each token's logsumexp. Backward recomputes one chunk's logits at a time, turns
-    them in place into the logits' gradient, g * (onehot(target) - softmax), and accumulates the weight
-    gradient into a single fp32 [V, H] buffer. The peak is one chunk's [c, V] logits plus that buffer,
-    whatever n is. (Checkpointing each chunk, the obvious alternative, also keeps one [V, H] weight
-    gradient per chunk alive until autograd sums them, and the softmax backward's temporaries.)
-    The math is the plain path's: same logits, same dtype (bf16 under autocast, then fp32).
+    Under autocast a linear layer runs in bf16 (inputs and output rounded to 8 significant bits);
+    here autocast is off and the hidden state and weight are fp32 (the master weights already are).
     """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, banned, chunk):
-        out = torch.empty(hidden.shape[0], device=hidden.device, dtype=torch.float32)  # [n]
-        lse = torch.empty_like(out)  # [n] logsumexp of each token's logits
-        ctx.dtype = hidden.dtype
-        for s in range(0, hidden.shape[0], chunk):
-            raw = torch.nn.functional.linear(hidden[s:s + chunk], weight, bias)  # [c, V]; autocast applies here
-            ctx.dtype = raw.dtype
-            logits = raw.float()
-            if banned is not None:
-                logits.index_fill_(1, banned, float("-inf"))
-            lse[s:s + chunk] = logits.logsumexp(-1)
-            out[s:s + chunk] = logits.gather(1, targets[s:s + chunk, None]).squeeze(1) - lse[s:s + chunk]
-        ctx.chunk = chunk
-        ctx.save_for_backward(hidden, weight, bias, targets, banned, lse)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        hidden, weight, bias, targets, banned, lse = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit here
-            w = weight.to(ctx.dtype)  # once, not per chunk
-            b = None if bias is None else bias.to(ctx.dtype)
-            grad_h = torch.empty_like(hidden) if need_h else None
-            grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if need_w else None
-            grad_b = torch.zeros(weight.shape[0], device=weight.device, dtype=torch.float32) if need_b else None
-            for s in range(0, hidden.shape[0], ctx.chunk):
-                h, g, t = hidden[s:s + ctx.chunk].to(ctx.dtype), grad_out[s:s + ctx.chunk], targets[s:s + ctx.chunk]
-                logits = torch.nn.functional.linear(h, w, b).float()  # [c, V], recomputed
-                if banned is not None:
-                    logits.index_fill_(1, banned, float("-inf"))  # softmax 0 there: no gradient
-                grad = logits.sub_(lse[s:s + ctx.chunk, None]).exp_().mul_(-g[:, None])  # [c, V] -g softmax
-                grad[torch.arange(len(t), device=t.device), t] += g  # + g onehot(target)
-                if need_h:
-                    grad_h[s:s + ctx.chunk] = grad.to(ctx.dtype) @ w  # [c, H]
-                if need_w:
-                    grad_w.addmm_(grad.T, h.float())  # [V, H] += [V, c] @ [c, H], accumulated in fp32
-                if need_b:
-                    grad_b += grad.sum(0)
-        return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
-                None if grad_b is None else grad_b.to(bias.dtype), None, None, None)
+    with torch.autocast(hidden.device.type, enabled=False):
+        bias = None if lm_head.bias is None else lm_head.bias.float()
+        return F.linear(hidden.float(), lm_head.weight.float(), bias)
 
 
-def chunked_token_logprobs(hidden, targets, lm_head, banned=None, chunk_tokens: int = 0) -> torch.Tensor:
-    """_token_logprobs over [n, H] in chunks, never holding more than one chunk's [c, V] logits.
+def _check_prompts(samples: list[Sample]):
+    if not samples:
+        raise ValueError("no samples to score")
+    for i, s in enumerate(samples):
+        if not s.prompt_ids:
+            raise ValueError(f"sample {i} has an empty prompt: its first token would have nothing to be predicted from")
 
-    With gradient on it goes through _ChunkedLogProb (one chunk of logits and one weight-gradient
-    buffer at a time), which needs the output layer to be a torch.nn.Linear, as in every causal LM in
-    transformers that this project loads (no logit soft-capping or scaling). At
-    Qwen3's 151,936-token vocabulary, a 5,000-token sequence's full fp32 logits would be 3 GB; a
-    441-token chunk is 256 MB.
+
+# ============================================================================================ the fast path
+# sequence_logprobs and log_weights compute plain_sequence_logprobs's numbers (to fp32 rounding; the
+# same dtypes for the same tokens) without ever holding [N, T, V] logits. At the paper's scale (Qwen3-0.6B,
+# micro-batches of 4k-token sequences, bf16 autocast) this is the path that runs.
+def sequence_logprobs(model, samples: list[Sample], tokens: Tokens, need_z: bool = True,
+                      chunk_tokens: int = 0, share_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logp_z, logp_y), each [N]: plain_sequence_logprobs's numbers, with gradient if it is enabled.
+
+    need_z=False skips z (the weight pass needs log w = logp_y only) and returns zeros for it.
+    chunk_tokens: tokens per output-layer chunk (0: about 256 MB of fp32 logits per chunk).
+    share_prompt: samples with the same prompt (a micro-batch of one question's samples) run it once,
+    their continuations attending to its keys and values (rewrite 3). False runs every sequence whole.
+    Same numbers and gradients either way: a prompt's gradient is the sum over the samples that read it.
+
+    >>> import models
+    >>> tok = models.build_tiny_tokenizer(); model = models.build_tiny_model(tok)
+    >>> s = Sample(prompt_ids=[1, 2, 3], z_ids=[4, 5], forced_ids=[], y_ids=[6, tok.eos_token_id])
+    >>> logp_z, logp_y = sequence_logprobs(model, [s, s], Tokens.of(tok))
+    >>> logp_z.shape, bool(torch.allclose(logp_y, plain_sequence_logprobs(model, [s, s], Tokens.of(tok))[1]))
+    (torch.Size([2]), True)
     """
-    if chunk_tokens <= 0:
-        chunk_tokens = max(64, (1 << 26) // lm_head.weight.shape[0])  # ~256 MB of fp32 logits per chunk
-    if not isinstance(lm_head, torch.nn.Linear):
-        raise ValueError(f"the output layer must be a torch.nn.Linear, got {type(lm_head).__name__}")
-    if torch.is_grad_enabled() and hidden.shape[0] > 0:
-        return _ChunkedLogProb.apply(hidden, lm_head.weight, lm_head.bias, targets, banned, chunk_tokens)
-    parts = [_token_logprobs(hidden[s:s + chunk_tokens], targets[s:s + chunk_tokens], lm_head, banned)
-             for s in range(0, hidden.shape[0], chunk_tokens)]
-    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+    _check_prompts(samples)
+    groups = _by_prompt(samples)
+    with _cache_allowed_under_checkpointing(model) as allowed:
+        # Whole sequences when asked, when our cache cannot be used (reentrant checkpointing, sliding-window
+        # layers), or when there is nothing to share (every prompt has one sample).
+        if not (share_prompt and allowed and full_attention_only(model) and len(groups) < len(samples)):
+            return _whole_sequence_logprobs(model, samples, tokens, need_z, chunk_tokens)
+        logp_z, logp_y = [None] * len(samples), [None] * len(samples)
+        for prompt, idx in groups.items():
+            group = [samples[i] for i in idx]
+            lz, ly = _shared_logprobs(model, _prefill(model, list(prompt)), group, tokens, need_z, chunk_tokens)
+            for j, i in enumerate(idx):
+                logp_z[i], logp_y[i] = lz[j], ly[j]
+    return torch.stack(logp_z), torch.stack(logp_y)
 
 
+@torch.no_grad()
+def log_weights(model, samples: list[Sample], tokens: Tokens, micro_batch: int,
+                share_prompt: bool = True) -> torch.Tensor:
+    """log w = log p(y*|x, z) = logp_y for every sample [N], without gradient, in micro-batches.
+
+    share_prompt: each prompt runs once for all its samples (no gradient, so its keys and values can
+    serve every micro-batch), and a prompt's samples are batched by length, longest first, so that
+    little padding is computed. Results come back in the samples' order.
+    """
+    _check_prompts(samples)
+    if not (share_prompt and full_attention_only(model)):
+        parts = [_whole_sequence_logprobs(model, samples[i:i + micro_batch], tokens, False, 0)[1]
+                 for i in range(0, len(samples), micro_batch)]
+        return torch.cat(parts)
+    out = [None] * len(samples)
+    for prompt, idx in _by_prompt(samples).items():
+        prefix = _prefill(model, list(prompt))
+        idx = sorted(idx, key=lambda i: -len(samples[i].ids))
+        for k in range(0, len(idx), micro_batch):
+            chunk = idx[k:k + micro_batch]
+            _, ly = _shared_logprobs(model, prefix, [samples[i] for i in chunk], tokens, False, 0)
+            for j, i in enumerate(chunk):
+                out[i] = ly[j]
+    return torch.stack(out)
+
+
+def _whole_sequence_logprobs(model, samples, tokens, need_z, chunk_tokens):
+    """Every sequence whole (prompt included, right-padded) through the model, then rewrites 1 and 2."""
+    device = next(model.parameters()).device
+    T = max(len(s.ids) for s in samples)
+    ids = torch.tensor([s.ids + [tokens.pad_id] * (T - len(s.ids)) for s in samples], device=device)  # [N, T]
+    mask = torch.tensor([[1] * len(s.ids) + [0] * (T - len(s.ids)) for s in samples], device=device)  # [N, T]
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, T, H]
+    return _score(model, samples, hidden, 0, tokens, need_z, chunk_tokens)
+
+
+# ---------------------------------------------------------- rewrite 1: only z and y positions, in chunks
+# Saves: the output layer on prompt, forced and padding positions (a prompt can be as long as the
+# rationale), and memory: logits are never [N, T, V] (at Qwen3's vocabulary a micro-batch of eight
+# 4k-token sequences would hold 20 GB of fp32 logits), one chunk of [c, V] at a time.
 def _score(model, samples: list[Sample], hidden: torch.Tensor, first: int, tokens: Tokens, need_z: bool,
            chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(logp_z, logp_y) [n] from hidden states [n, L, H] whose column j is sequence position first + j.
 
     Token t is predicted by the hidden state at t-1: gather (row, column) for every z and y token,
-    and send only those through the output layer.
+    and send only those through the output layer: z's in the compute dtype with EOS banned, y's in fp32.
     """
     device = hidden.device
     z_rows, z_cols, z_tgt, y_rows, y_cols, y_tgt = [], [], [], [], [], []
@@ -127,30 +206,101 @@ def _score(model, samples: list[Sample], hidden: torch.Tensor, first: int, token
         y_cols += range(y0 - 1 - first, y0 - 1 - first + len(s.y_ids))
         y_tgt += s.y_ids
     lm_head = model.get_output_embeddings()
-    banned = torch.tensor(tokens.eos_ids, device=device)
+    eos = torch.tensor(tokens.eos_ids, device=device)
     out = []
-    for rows, cols, tgt, ban in [(z_rows, z_cols, z_tgt, banned), (y_rows, y_cols, y_tgt, None)]:
+    for rows, cols, tgt, banned, fp32 in [(z_rows, z_cols, z_tgt, eos, False), (y_rows, y_cols, y_tgt, None, True)]:
         rows = torch.tensor(rows, device=device, dtype=torch.long)
         cols = torch.tensor(cols, device=device, dtype=torch.long)
         tgt = torch.tensor(tgt, device=device, dtype=torch.long)
-        lp = chunked_token_logprobs(hidden[rows, cols], tgt, lm_head, ban, chunk_tokens)  # [n_tokens]
+        lp = chunked_token_logprobs(hidden[rows, cols], tgt, lm_head, banned, chunk_tokens, fp32)  # [n_tokens]
         out.append(torch.zeros(len(samples), device=device, dtype=lp.dtype).index_add(0, rows, lp))  # [n]
     return out[0], out[1]
 
 
-def _plain_logprobs(model, samples, tokens, need_z, chunk_tokens):
-    """The reference path: every sequence (prompt included) through the model, right-padded."""
-    device = next(model.parameters()).device
-    seqs = [s.ids for s in samples]
-    T = max(len(s) for s in seqs)
-    ids = torch.tensor([s + [tokens.pad_id] * (T - len(s)) for s in seqs], device=device)  # [N, T]
-    mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs], device=device)  # [N, T]
-    COUNTS["prompt_tokens"] += sum(len(s.prompt_ids) for s in samples)
-    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, T, H]
-    return _score(model, samples, hidden, 0, tokens, need_z, chunk_tokens)
+def chunked_token_logprobs(hidden, targets, lm_head, banned=None, chunk_tokens: int = 0,
+                           fp32: bool = False) -> torch.Tensor:
+    """_token_logprobs for hidden [n, H], targets [n] -> [n], never more than one chunk's [c, V] logits.
+
+    fp32=True scores through the output layer in fp32 (answer tokens); otherwise in the compute dtype:
+    bf16 under bf16 autocast, else the weight's dtype. Needs the output layer to be a torch.nn.Linear,
+    as in every causal LM in transformers that this project loads (no logit soft-capping or scaling).
+    The default chunk is ~256 MB of fp32 logits: 441 tokens at Qwen3's 151,936-token vocabulary.
+    """
+    if not isinstance(lm_head, torch.nn.Linear):
+        raise ValueError(f"the output layer must be a torch.nn.Linear, got {type(lm_head).__name__}")
+    if chunk_tokens <= 0:
+        chunk_tokens = max(64, (1 << 26) // lm_head.weight.shape[0])
+    if hidden.shape[0] == 0:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    device = hidden.device.type
+    if fp32:
+        dtype = torch.float32
+    elif torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)  # what autocast would run the linear layer in
+    else:
+        dtype = lm_head.weight.dtype
+    return _ChunkedLogProb.apply(hidden, lm_head.weight, lm_head.bias, targets, banned, chunk_tokens, dtype)
 
 
-# ------------------------------------------------------------------------- a prompt computed once for its samples
+# ---------------------------------------------------------- rewrite 2: one chunk of logits alive in the backward
+class _ChunkedLogProb(torch.autograd.Function):
+    """log p(target) for hidden [n, H] through a linear output layer, one chunk of tokens at a time.
+
+    Saves: autograd would keep every chunk's [c, V] logits (or, checkpointing each chunk, one [V, H]
+    weight gradient per chunk until it sums them). Here the forward keeps only each token's logsumexp;
+    the backward recomputes one chunk's logits at a time, turns them in place into the logits' gradient
+    g * (onehot(target) - softmax), and accumulates the weight gradient into a single fp32 [V, H]
+    buffer. The peak is one chunk's logits plus that buffer, whatever n is. The math is the plain
+    path's, in the same dtypes: the matmul in `dtype` (explicit, autocast off), softmax in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, banned, chunk, dtype):
+        out = torch.empty(hidden.shape[0], device=hidden.device, dtype=torch.float32)  # [n]
+        lse = torch.empty_like(out)  # [n] logsumexp of each token's logits
+        with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit here
+            w, b = weight.to(dtype), None if bias is None else bias.to(dtype)  # once, not per chunk
+            for s in range(0, hidden.shape[0], chunk):
+                logits = F.linear(hidden[s:s + chunk].to(dtype), w, b).float()  # [c, V]
+                if banned is not None:
+                    logits.index_fill_(1, banned, float("-inf"))
+                lse[s:s + chunk] = logits.logsumexp(-1)
+                out[s:s + chunk] = logits.gather(1, targets[s:s + chunk, None]).squeeze(1) - lse[s:s + chunk]
+        ctx.chunk, ctx.dtype = chunk, dtype
+        ctx.save_for_backward(hidden, weight, bias, targets, banned, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, targets, banned, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(ctx.dtype)
+            b = None if bias is None else bias.to(ctx.dtype)
+            grad_h = torch.empty_like(hidden) if need_h else None
+            grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if need_w else None
+            grad_b = torch.zeros(weight.shape[0], device=weight.device, dtype=torch.float32) if need_b else None
+            for s in range(0, hidden.shape[0], ctx.chunk):
+                h, g, t = hidden[s:s + ctx.chunk].to(ctx.dtype), grad_out[s:s + ctx.chunk], targets[s:s + ctx.chunk]
+                logits = F.linear(h, w, b).float()  # [c, V], recomputed
+                if banned is not None:
+                    logits.index_fill_(1, banned, float("-inf"))  # softmax 0 there: no gradient
+                grad = logits.sub_(lse[s:s + ctx.chunk, None]).exp_().mul_(-g[:, None])  # [c, V] -g softmax
+                grad[torch.arange(len(t), device=t.device), t] += g  # + g onehot(target)
+                if need_h:
+                    grad_h[s:s + ctx.chunk] = grad.to(ctx.dtype) @ w  # [c, H]
+                if need_w:
+                    grad_w.addmm_(grad.T, h.float())  # [V, H] += [V, c] @ [c, H], accumulated in fp32
+                if need_b:
+                    grad_b += grad.sum(0)
+        return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
+                None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None)
+
+
+# ---------------------------------------------------------- rewrite 3: a prompt computed once for its samples
+# Saves: (M-1) of every M prompt computations, forward and backward, when a micro-batch holds M samples
+# of one question (train.py keeps them together). The samples' continuations attend to the prompt's keys
+# and values (gradients reach the prompt through them) instead of recomputing it in every row.
 class _PromptLayer(DynamicLayer):
     """Records one layer's prompt keys/values. It keeps the latest, rather than appending, so that a
     gradient-checkpointing replay (which calls update again with the same tensors) changes nothing."""
@@ -180,8 +330,9 @@ def _cache_allowed_under_checkpointing(model):
 
     transformers drops the cache inside gradient-checkpointed layers, since a cache that appends would
     be appended twice by the backward replay. Ours never appends (see _PromptLayer, _PrefixLayer), so
-    the layers may keep it. That needs non-reentrant checkpointing: the reentrant kind gives no
-    gradient to tensors a layer reads from outside its arguments, so there we use the plain path.
+    the layers may keep it. That needs non-reentrant checkpointing (transformers' default): the
+    reentrant kind gives no gradient to tensors a layer reads from outside its arguments, so there
+    every sequence runs whole.
     """
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
     if not (layers and model.training and torch.is_grad_enabled()):
@@ -207,7 +358,6 @@ def _prefill(model, prompt_ids: list[int]) -> tuple[torch.Tensor, list[tuple[tor
     cache = Cache(layers=[_PromptLayer() for _ in range(n_layers)])
     ids = torch.tensor([prompt_ids], device=device)  # [1, P]
     hidden = model.base_model(input_ids=ids, cache=cache, use_cache=False).last_hidden_state  # [1, P, H]
-    COUNTS["prompt_tokens"] += len(prompt_ids)
     return hidden[:, -1:], [(layer.keys, layer.values) for layer in cache.layers]
 
 
@@ -238,54 +388,3 @@ def _by_prompt(samples: list[Sample]) -> dict[tuple, list[int]]:
     for i, s in enumerate(samples):
         groups.setdefault(tuple(s.prompt_ids), []).append(i)
     return groups
-
-
-def sequence_logprobs(model, samples: list[Sample], tokens: Tokens, need_z: bool = True,
-                      chunk_tokens: int = 0, share_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logp_z, logp_y), each [N]: sums of token log-probs over each sample's z and y tokens.
-
-    Gradient flows if it is enabled. Only z and y positions go through the output layer.
-    need_z=False skips z (the weight pass of GARL/PAFT needs log w = logp_y only) and returns zeros.
-
-    share_prompt: samples with the same prompt (a micro-batch of one question's M samples) run the
-    prompt once; their continuations attend to its keys and values. The same numbers as the plain
-    path (share_prompt=False: every sequence whole, right-padded, positions 0..T-1), to fp32
-    rounding, and the same gradient: the prompt's gradient is the sum over the samples that read it.
-    """
-    groups = _by_prompt(samples)
-    with _cache_allowed_under_checkpointing(model) as allowed:
-        if not (share_prompt and allowed and full_attention_only(model) and len(groups) < len(samples)
-                and all(groups)):  # all(groups): no empty prompt
-            return _plain_logprobs(model, samples, tokens, need_z, chunk_tokens)
-        logp_z, logp_y = [None] * len(samples), [None] * len(samples)
-        for prompt, idx in groups.items():
-            group = [samples[i] for i in idx]
-            lz, ly = _shared_logprobs(model, _prefill(model, list(prompt)), group, tokens, need_z, chunk_tokens)
-            for j, i in enumerate(idx):
-                logp_z[i], logp_y[i] = lz[j], ly[j]
-    return torch.stack(logp_z), torch.stack(logp_y)
-
-
-@torch.no_grad()
-def log_weights(model, samples: list[Sample], tokens: Tokens, micro_batch: int,
-                share_prompt: bool = True) -> torch.Tensor:
-    """log w = log p(y*|x, z) for every sample [N], without gradient, in micro-batches (the weight pass).
-
-    share_prompt: each prompt runs once for all its samples (no gradient, so its keys and values can
-    serve every micro-batch), and a prompt's samples are batched by length, longest first, so that
-    little padding is computed. Results come back in the samples' order.
-    """
-    if not (share_prompt and full_attention_only(model) and all(_by_prompt(samples))):
-        parts = [_plain_logprobs(model, samples[i:i + micro_batch], tokens, False, 0)[1]
-                 for i in range(0, len(samples), micro_batch)]
-        return torch.cat(parts)
-    out = [None] * len(samples)
-    for prompt, idx in _by_prompt(samples).items():
-        prefix = _prefill(model, list(prompt))
-        idx = sorted(idx, key=lambda i: -len(samples[i].ids))
-        for k in range(0, len(idx), micro_batch):
-            chunk = idx[k:k + micro_batch]
-            _, ly = _shared_logprobs(model, prefix, [samples[i] for i in chunk], tokens, False, 0)
-            for j, i in enumerate(chunk):
-                out[i] = ly[j]
-    return torch.stack(out)
