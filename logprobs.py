@@ -21,7 +21,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from rollout import COUNTS, Sample, Tokens, full_attention_only
+from rollout import Sample, Tokens, full_attention_only
 
 
 def _token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, lm_head, banned: torch.Tensor | None) -> torch.Tensor:
@@ -145,7 +145,6 @@ def _plain_logprobs(model, samples, tokens, need_z, chunk_tokens):
     T = max(len(s) for s in seqs)
     ids = torch.tensor([s + [tokens.pad_id] * (T - len(s)) for s in seqs], device=device)  # [N, T]
     mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs], device=device)  # [N, T]
-    COUNTS["prompt_tokens"] += sum(len(s.prompt_ids) for s in samples)
     hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, T, H]
     return _score(model, samples, hidden, 0, tokens, need_z, chunk_tokens)
 
@@ -207,7 +206,6 @@ def _prefill(model, prompt_ids: list[int]) -> tuple[torch.Tensor, list[tuple[tor
     cache = Cache(layers=[_PromptLayer() for _ in range(n_layers)])
     ids = torch.tensor([prompt_ids], device=device)  # [1, P]
     hidden = model.base_model(input_ids=ids, cache=cache, use_cache=False).last_hidden_state  # [1, P, H]
-    COUNTS["prompt_tokens"] += len(prompt_ids)
     return hidden[:, -1:], [(layer.keys, layer.values) for layer in cache.layers]
 
 
