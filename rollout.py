@@ -7,15 +7,18 @@ One sample is the token sequence   prompt | z | forced | y   (a `Sample`):
     y       the answer after "</think>": the gold answer teacher-forced (GARL, PAFT), or the
             model's own answer (GRPO, evaluation); EOS included
 
-    samples = generate(model, prompt_ids, M=4, tokens=Tokens.of(tokenizer), think_budget=6)
-    samples[0][2].z_ids      # e.g. [71, 12, 190, 8, 33, 5]: six sampled tokens, then
-    samples[0][2].forced_ids # [257]: "</think>" forced (one token in Qwen3's tokenizer)
+    tok = models.build_tiny_tokenizer(); model = models.build_tiny_model(tok); torch.manual_seed(0)
+    samples = generate(model, [prompt], M=4, tokens=Tokens.of(tok), think_budget=6)   # prompt: token ids
+    samples[0][2].z_ids       # [177, 35, 170, 49, 95, 88]: six sampled tokens, the budget, then
+    samples[0][2].forced_ids  # [260]: "</think>" forced (one token here and in Qwen3's tokenizer)
+(prompt = prompts.prompt_ids(tok, {"question": "Who?", "context": "Rush is a band.", ...}, "hotpotqa", "warm").)
 
 logprobs.py then scores them (logp_z = sum of log p over z's tokens, logp_y = sum over y's tokens).
 
-How to read this file: the data (Sample, Tokens), then the plain decoding loop `decode` (the
-reference: one rule per step, `pick`), then `generate`, then, set apart at the end, the fast path
-`decode_fast`, which gives the same tokens (tests/test_perf.py checks it) and is what runs by default.
+How to read this file: the data (Sample, Tokens, and the decoding state Rules, Rows), then the plain
+decoding loop `decode` (the reference) and the rule it applies at each step (`pick`), then `generate`;
+set apart at the end, the fast path `decode_fast`, which gives the same tokens (tests/test_perf.py
+checks it) and is what `generate` runs by default.
 
 Project choices (the paper does not say):
 - Budget forcing happens inside the decoding loop, so one loop serves both modes. A forced token has
@@ -38,7 +41,6 @@ Project choices (the paper does not say):
 """
 import copy
 import itertools
-import math
 import weakref
 from dataclasses import dataclass, field
 
@@ -143,61 +145,6 @@ class Rows:
         return self
 
 
-# ------------------------------------------------------------------------------------------------ the rule of one step
-def warp(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """Temperature, then the top-p nucleus: Hugging Face's TemperatureLogitsWarper and TopPLogitsWarper."""
-    if temperature != 1.0:
-        logits = logits / temperature
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(-1)  # [R, V] ascending
-        tail = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p  # [R, V] the least likely tokens, 1 - top_p of the mass
-        tail[:, -1] = False  # the most likely token always stays
-        logits = logits.masked_fill(tail.scatter(1, order, tail), float("-inf"))
-    return logits
-
-
-def sample(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """One token per row, token i with probability probs[r, i]: argmax_i probs[r, i] / noise[r, i], noise ~ Exp(1).
-
-    This is how torch.multinomial(probs, 1) draws a single sample (the "exponential race": the
-    smallest of independent Exp(1) / p_i is at i with probability p_i), so with noise drawn as
-    torch.empty_like(probs).exponential_() it returns what torch.multinomial would. Drawing the noise
-    outside lets the fast path's compiled step contain no random-number generator.
-    """
-    return probs.div(noise).argmax(-1)  # [R]
-
-
-def pick(rows: Rows, logits: torch.Tensor, noise: torch.Tensor, rules: Rules) -> torch.Tensor:
-    """Choose each row's next token from the logits of its last position, and record it in `rows`.
-
-    logits [R, V] (any dtype), noise [R, V] fp32 ~ Exp(1). Returns the tokens [R]. The rule:
-    EOS is banned on rows still thinking; rows sample with temperature and top-p; once think_budget
-    tokens are drawn, rows still thinking get "</think>" forced, token by token; finished rows get
-    padding. A rationale closes when a row's last tokens spell "</think>"; a row is done when its
-    rationale closed (answer_budget 0) or, after that, when its answer reached EOS or answer_budget.
-    """
-    n, C = rows.n, len(rules.close)
-    thinking = rows.closed_at < 0  # [R]
-    logits = logits.float().masked_fill(thinking[:, None] & rules.eos, float("-inf"))  # [R, V] no EOS while thinking
-    token = sample(warp(logits, rules.temperature, rules.top_p).softmax(-1), noise)  # [R]
-    forcing = thinking & (n >= rules.think_budget)  # [R] the budget is spent: force "</think>"
-    token = torch.where(forcing, rules.close[(n - rules.think_budget).clamp(0, C - 1).view(1)], token)
-    token = torch.where(rows.done, rules.pad, token)
-    logp = logits.gather(1, token[:, None])[:, 0] - logits.logsumexp(-1)  # [R] log p of the token, temperature 1
-
-    at = n.view(1)  # column n (index_copy_: a compiled step cannot index with a 0-dim tensor's value)
-    rows.tokens.index_copy_(1, at, token[:, None])
-    rows.logp.index_copy_(1, at, torch.where(rows.done, 0.0, logp)[:, None])
-    last = rows.tokens[:, (n + 1 - C + torch.arange(C, device=n.device)).clamp(min=0)]  # [R, C] the last C tokens
-    closes = thinking & (n + 1 >= C) & (last == rules.close).all(-1)  # [R]
-    rows.closed_at.copy_(torch.where(closes, n + 1, rows.closed_at))
-    closed = rows.closed_at >= 0
-    answer_over = (n + 1 - rows.closed_at >= rules.answer_budget) | (~thinking & rules.eos[token])  # [R]
-    rows.done |= closed & answer_over
-    rows.n += 1
-    return token
-
-
 # ------------------------------------------------------------------------------------------------ the plain loop
 def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, L] ids and attention mask, padded on the left (generation appends on the right)."""
@@ -235,6 +182,64 @@ def decode(model, prompt_ids: list[list[int]], M: int, rules: Rules) -> Rows:
     return rows
 
 
+# ------------------------------------------------------------------------------------------------ the rule of one step
+def warp(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Temperature, then the top-p nucleus: Hugging Face's TemperatureLogitsWarper and TopPLogitsWarper."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(-1)  # [R, V] ascending
+        tail = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p  # [R, V] the least likely 1 - top_p of the mass
+        tail[:, -1] = False  # the most likely token always stays
+        logits = logits.masked_fill(tail.scatter(1, order, tail), float("-inf"))
+    return logits
+
+
+def sample(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """One token per row, token i with probability probs[r, i]: argmax_i probs[r, i] / noise[r, i], noise ~ Exp(1).
+
+    This is how torch.multinomial(probs, 1) draws a single sample (the "exponential race": the
+    smallest of independent Exp(1) / p_i is at i with probability p_i), so with noise drawn as
+    torch.empty_like(probs).exponential_() it returns what torch.multinomial would. Drawing the noise
+    outside lets the fast path's compiled step contain no random-number generator.
+    """
+    return probs.div(noise).argmax(-1)  # [R]
+
+
+def pick(rows: Rows, logits: torch.Tensor, noise: torch.Tensor, rules: Rules) -> torch.Tensor:
+    """Choose each row's next token from the logits of its last position, and record it in `rows`.
+
+    logits [R, V] (any dtype), noise [R, V] fp32 ~ Exp(1). Returns the tokens [R]. The rule:
+    EOS is banned on rows still thinking; rows sample with temperature and top-p; once think_budget
+    tokens are drawn, rows still thinking get "</think>" forced, token by token; finished rows get
+    padding. A rationale closes when a row's last tokens spell "</think>"; a row is done when its
+    rationale closed (answer_budget 0) or, after that, when its answer reached EOS or answer_budget.
+    """
+    n, C = rows.n, len(rules.close)  # n: tokens generated so far (0-dim tensor); C: tokens in "</think>"
+    thinking = rows.closed_at < 0  # [R]
+    # Choose: no EOS while thinking; sample; once the budget is spent, "</think>" token by token; padding when done.
+    logits = logits.float().masked_fill(thinking[:, None] & rules.eos, float("-inf"))  # [R, V]
+    token = sample(warp(logits, rules.temperature, rules.top_p).softmax(-1), noise)  # [R]
+    forced = rules.close[(n - rules.think_budget).clamp(0, C - 1).view(1)]  # [1] the next token of "</think>"
+    token = torch.where(thinking & (n >= rules.think_budget), forced, token)
+    token = torch.where(rows.done, rules.pad, token)
+    logp = logits.gather(1, token[:, None])[:, 0] - logits.logsumexp(-1)  # [R] log p of the token, temperature 1
+
+    # Record token n (index_copy_: a compiled step cannot index with a 0-dim tensor's value).
+    rows.tokens.index_copy_(1, n.view(1), token[:, None])
+    rows.logp.index_copy_(1, n.view(1), torch.where(rows.done, 0.0, logp)[:, None])
+    # A rationale closes when the row's last C tokens spell "</think>"; closed_at counts the tokens so far.
+    last = rows.tokens[:, (n + 1 - C + torch.arange(C, device=n.device)).clamp(min=0)]  # [R, C]
+    closes = thinking & (n + 1 >= C) & (last == rules.close).all(-1)  # [R]
+    rows.closed_at.copy_(torch.where(closes, n + 1, rows.closed_at))
+    # A row is done once its rationale closed and its answer is over: EOS, or answer_budget tokens (0: at once).
+    answer_over = (n + 1 - rows.closed_at >= rules.answer_budget) | (~thinking & rules.eos[token])  # [R]
+    rows.done |= (rows.closed_at >= 0) & answer_over
+    rows.n += 1
+    return token
+
+
+# ------------------------------------------------------------------------------------------------ entry point
 @torch.no_grad()
 def generate(model, prompt_ids: list[list[int]], M: int, tokens: Tokens, think_budget: int,
              answer_budget: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
@@ -286,11 +291,12 @@ def full_attention_only(model) -> bool:
 
 # ================================================================================================ the fast path
 # decode_fast gives decode's tokens (tests/test_perf.py: the same tokens under a fixed seed, log-probs to
-# 1e-5), doing less work per step. What a decoding step costs at the paper's scale (Qwen3-0.6B, 32 rows,
-# ~1k-token prompt + 4096 thinking tokens, bf16 autocast over fp32 master weights, one H100/H200): the
-# bytes it must read, 1.2 GB of bf16 weights plus 32 rows x up to 5k tokens x 112 KB of bf16 keys and
-# values (28 layers x 2 x 8 heads x 128 x 2 bytes), i.e. ~1-3 ms at 3.35-4.8 TB/s; eager transformers
-# instead spends tens of ms launching ~500 small kernels per step. Each point below is exact:
+# 1e-5), doing less work per step. What a decoding step must cost at the paper's scale (Qwen3-0.6B, 32
+# rows, a ~1k-token prompt + 4096 thinking tokens, bf16 autocast over fp32 master weights, one H100/H200)
+# is the bytes it reads: 1.2 GB of bf16 weights, plus the keys and values of every filled position,
+# 112 KB per token (28 layers x 2 x 8 heads x 128 x 2 bytes), ~11 GB on average over a rollout for 32
+# rows: ~2.5 ms at the H200's 4.8 TB/s (bench.py computes this bound). Eager transformers launches hundreds
+# of small kernels per step from Python instead. Each point below is exact:
 #  1. The M rows of a prompt share its prefill: the prompt runs once, its keys and values are copied to
 #     the M rows (decode runs it M times).
 #  2. A static cache, allocated once and written in place: no concatenation (decode's DynamicCache
@@ -307,7 +313,7 @@ def full_attention_only(model) -> bool:
 #     weight at every step (reading 2.4 GB and writing 1.2 GB more than the 1.2 GB it needs). Everything
 #     else (embedding, norms) is the master's own tensor. Under autocast this is what autocast computes.
 #  5. The whole step (pick + forward) compiled with torch.compile(mode="reduce-overhead"): on CUDA one
-#     CUDA graph per step instead of ~500 kernel launches. Its state lives in buffers it updates in place,
+#     CUDA graph per step instead of hundreds of kernel launches. Its state lives in buffers it updates in place,
 #     and the random noise is drawn outside it, so the sampled tokens are the plain loop's.
 # Project choice: the buffers and the compiled graphs are kept between calls (CUDA graphs are recorded
 # against the buffers' addresses), so a call's KV cache stays allocated until `release(model)`.
@@ -389,6 +395,7 @@ class _Decoder:
     """The fast path's state for one model: the twin, the static buffers, the compiled step."""
 
     def __init__(self, model, dtype: torch.dtype, device: torch.device):
+        self.key = _decoder_key(model, dtype, device)
         self.dtype, self.device = dtype, device
         self.twin, self.pairs = _twin(model, dtype)
         self.R = self.capacity = 0
@@ -452,6 +459,12 @@ def _fast_step(dec: _Decoder, rules: Rules, slots: torch.Tensor):
 _DECODERS = weakref.WeakKeyDictionary()  # model -> _Decoder
 
 
+def _decoder_key(model, dtype, device) -> tuple:
+    """What a twin is valid for: the compute dtype, the device, and the model's parameter tensors (the twin
+    shares them; a module replaced since, or a model moved, needs a new twin)."""
+    return dtype, device, tuple(id(p) for p in model.parameters())
+
+
 def release(model):
     """Free the fast path's buffers, twin and compiled step for this model (they are rebuilt on the next call)."""
     _DECODERS.pop(model, None)
@@ -468,6 +481,7 @@ def decode_fast(model, prompt_ids: list[list[int]], M: int, rules: Rules, compil
         compiled graph on CUDA). check_every: steps between checks that every row is done (each check
         waits for the device; None: 16 on CUDA, 1 elsewhere). Steps run after the last row finished
         change nothing but the random-number generator's state.
+    Returns the decoder's own Rows, which the next call overwrites (to_samples copies them out).
     """
     device = next(model.parameters()).device
     if not full_attention_only(model):
@@ -478,7 +492,7 @@ def decode_fast(model, prompt_ids: list[list[int]], M: int, rules: Rules, compil
     autocast = torch.is_autocast_enabled(device.type)
     dtype = torch.get_autocast_dtype(device.type) if autocast else next(model.parameters()).dtype
     dec = _DECODERS.get(model)
-    if dec is None or (dec.dtype, dec.device) != (dtype, device):
+    if dec is None or dec.key != _decoder_key(model, dtype, device):
         dec = _DECODERS[model] = _Decoder(model, dtype, device)
     dec.refresh()
 
@@ -517,7 +531,7 @@ def decode_fast(model, prompt_ids: list[list[int]], M: int, rules: Rules, compil
         dec.noise.exponential_()  # what torch.multinomial would draw, outside the compiled step
         slots = dec.slots[:min(_round_up(L + n + 1, bucket), capacity)]  # [W]
         if compile:
-            torch._dynamo.maybe_mark_dynamic(slots, 0)  # one compiled graph for every width (CUDA graphs: one per width)
+            torch._dynamo.maybe_mark_dynamic(slots, 0)  # one compiled graph for all widths (one CUDA graph each)
             torch.compiler.cudagraph_mark_step_begin()
         step(dec, rules, slots)
         if (n + 1) % check_every == 0 and dec.rows.done.all():

@@ -97,7 +97,8 @@ def parse_args(argv=None):
     a("--grad-ckpt", action=argparse.BooleanOptionalAction, default=cuda,
       help="gradient checkpointing for ours and TRL's (train.py's CUDA default: on)")
     a("--no-trl", action="store_true", help="skip TRL's GRPOTrainer")
-    a("--only-decode", action="store_true", help="measure decoding speed only (no training steps, TRL or log-prob memory)")
+    a("--only-decode", action="store_true",
+      help="measure decoding speed only (no training steps, TRL or log-prob memory)")
     a("--decode-compile", choices=["auto", "on", "off"], default="auto",
       help="also time rollout.decode_fast with its compiled step (auto: on CUDA only; on a CPU compiling "
            "takes about a minute)")
@@ -441,10 +442,10 @@ def decode_speed(model, tok, prompts, args) -> dict:
                 drawn.append(rows.tokens[:, :rules.max_new].clone())
             steps = int(rows.n)
             seen[name] = drawn
+            same = sum(torch.equal(a, b) for a, b in zip(drawn, seen["plain"])) / len(drawn)  # calls, same seeds
             out[name] = {"s": statistics.median(times), "warmup_s": warmup, "steps": steps,
                          "row_tokens_per_s": R * steps / statistics.median(times),
-                         "ms_per_step": 1e3 * statistics.median(times) / steps,
-                         "same_tokens_as_plain": sum(torch.equal(a, b) for a, b in zip(drawn, seen["plain"])) / len(drawn)}
+                         "ms_per_step": 1e3 * statistics.median(times) / steps, "same_tokens_as_plain": same}
         rollout.release(model)  # the fast path's buffers: not part of the training step's memory
     bw, source = bandwidth(args)
     total, weights = decode_bytes(model, dtype, R, statistics.mean(map(len, prompts)), steps)
@@ -459,16 +460,17 @@ def decode_speed(model, tok, prompts, args) -> dict:
 def decode_table(decode) -> str:
     b = decode["bound"]
     bw = f"{b['bandwidth_gbs']:.0f} GB/s ({b['source']})" if b["bandwidth_gbs"] else b["source"]
-    lines = [f"decoding: {b['rows']} rows x {b['steps']} steps, {b['dtype']}; bound: {b['mb_per_step']:.1f} MB read per "
-             f"step ({b['weights_mb_per_step']:.1f} MB of weights) at {bw}",
+    lines = [f"decoding: {b['rows']} rows x {b['steps']} steps, {b['dtype']}; bound: {b['mb_per_step']:.1f} MB "
+             f"read per step ({b['weights_mb_per_step']:.1f} MB of weights) at {bw}",
              "| path | row-tokens/s | ms/step | fraction of bound | warm-up s | same tokens as plain |",
              "|---|---|---|---|---|---|"]
     for name, p in decode["paths"].items():
         frac = f"{p['fraction_of_bound']:.1%}" if p["fraction_of_bound"] else "-"
-        lines.append(f"| {name} | {p['row_tokens_per_s']:.1f} | {p['ms_per_step']:.2f} | {frac} | {p['warmup_s']:.1f} | "
-                     f"{p['same_tokens_as_plain']:.0%} |")
+        lines.append(f"| {name} | {p['row_tokens_per_s']:.1f} | {p['ms_per_step']:.2f} | {frac} | "
+                     f"{p['warmup_s']:.1f} | {p['same_tokens_as_plain']:.0%} |")
     if b["row_tokens_per_s"]:
-        lines.append(f"| bandwidth bound | {b['row_tokens_per_s']:.1f} | {1e3 * b['rows'] / b['row_tokens_per_s']:.2f} | 100% | | |")
+        ms = 1e3 * b["rows"] / b["row_tokens_per_s"]
+        lines.append(f"| bandwidth bound | {b['row_tokens_per_s']:.1f} | {ms:.2f} | 100% | | |")
     return "\n".join(lines)
 
 

@@ -91,7 +91,7 @@ def test_the_step_rule_on_a_scripted_multi_token_close():
         rollout.pick(rows, logits, torch.ones(2, V), rules)  # noise 1: the most likely token (the first on ties)
     assert rows.closed_at.tolist() == [4, 8]  # row 0 closed naturally after 4 tokens, row 1 forced at 5 + 3
     assert rows.tokens[0].tolist() == [1, 5, 6, 7, 0, 0, 0, 0]  # row 0: padding once done
-    assert rows.tokens[1].tolist() == [0, 1, 1, 1, 1, 5, 6, 7]  # EOS banned while thinking (id 0 won the tie), then forced
+    assert rows.tokens[1].tolist() == [0, 1, 1, 1, 1, 5, 6, 7]  # EOS banned while thinking (0 won the tie), forced
     assert rows.done.tolist() == [True, True] and int(rows.n) == 8
 
 
@@ -192,7 +192,8 @@ def test_forced_tokens_count_in_neither_logp():
     assert logp_z[0].item() == pytest.approx(logp_z[1].item(), abs=1e-6)  # same z tokens, same prefix
 
 
-@pytest.mark.parametrize("kwargs,flag", [(dict(think_budget=0), "think-budget"), (dict(answer_budget=0), "answer-budget"),
+@pytest.mark.parametrize("kwargs,flag", [(dict(think_budget=0), "think-budget"),
+                                         (dict(answer_budget=0), "answer-budget"),
                                          (dict(temperature=0.0), "temperature"), (dict(top_p=1.5), "top-p")])
 def test_bad_sampling_options_are_refused(kwargs, flag):
     model, tok = tiny()
