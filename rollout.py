@@ -521,12 +521,11 @@ def decode_fast(model, prompt_ids: list[list[int]], M: int, rules: Rules, compil
         if backend not in dec.compiled:  # fullgraph: a graph break would split the step (and its CUDA graph)
             mode = "reduce-overhead" if cuda and backend == "inductor" else None
             dec.compiled[backend] = torch.compile(_fast_step, backend=backend, mode=mode, fullgraph=True)
-            if cuda:  # one CUDA graph per attention width: say how many to expect, rather than warn at 8
-                widths = capacity // bucket + 1
-                limit = torch._inductor.config.triton.cudagraph_dynamic_shape_warn_limit
-                if limit is not None and limit < widths:
-                    torch._inductor.config.triton.cudagraph_dynamic_shape_warn_limit = widths
         step = dec.compiled[backend]
+        # One CUDA graph per attention width is the design: raise inductor's "too many graphs" warning threshold.
+        config, widths = torch._inductor.config.triton, capacity // bucket
+        if cuda and config.cudagraph_dynamic_shape_warn_limit is not None:
+            config.cudagraph_dynamic_shape_warn_limit = max(config.cudagraph_dynamic_shape_warn_limit, widths)
     for n in range(rules.max_new):
         dec.noise.exponential_()  # what torch.multinomial would draw, outside the compiled step
         slots = dec.slots[:min(_round_up(L + n + 1, bucket), capacity)]  # [W]
