@@ -3,6 +3,7 @@
     python experiments/bench.py --model tiny                            # a smoke run, about 30 s
     python experiments/bench.py                                         # CPU: embedded SmolLM2, about 5 minutes
     python experiments/bench.py --model qwen3-shape                     # CUDA: Qwen3-0.6B's exact shape, random weights
+    python experiments/bench.py --model smollm2 --only-decode           # decoding speed only: plain vs fast path
 
 What is measured. One step of train.py's loop, with its own functions, for each estimator at the same
 model, questions B, samples M, thinking budget and micro-batch, one untimed warm-up step first, then
@@ -32,10 +33,18 @@ system (malloc_trim) so the baseline is honest. Both report the peak ABOVE the m
 2 ms can be missed on CPU; big ones take longer than that to fill. CPU runs use one torch thread by
 default (--threads): on a shared 2-core machine, two threads made timings swing 10x.
 
-Also measured once: prompt tokens computed per step with and without sharing the prompt across samples,
-and the peak memory of log-probabilities at Qwen3's vocabulary (151,936) with and without chunking:
-a synthetic hidden-state tensor [--logprob-tokens, 1024] through a tied [151936, 1024] output layer,
-forward and backward. Writes DIR/bench.json and prints a table.
+Also measured once: the peak memory of log-probabilities at Qwen3's vocabulary (151,936) with and
+without chunking: a synthetic hidden-state tensor [--logprob-tokens, 1024] through a tied [151936, 1024]
+output layer, forward and backward. Counted from the samples: prompt tokens computed per step with and
+without sharing the prompt across samples (see prompt_tokens).
+
+Decoding speed (decode_speed; alone with --only-decode): row-tokens per second (rows x decoding steps
+per second) of rollout.decode, the plain loop, and rollout.decode_fast, eager and (on CUDA, or with
+--decode-compile on) with its compiled step, in the rationale mode at --M and --think-budget, against
+the bandwidth bound: a step must read every weight once and the keys and values of every filled
+position, so it takes at least (weight bytes + KV bytes) / memory bandwidth. Bandwidth: the datasheet
+number for H100/H200 (HBM_BANDWIDTH), on a CPU a measured read of 512 MB. Writes DIR/bench.json and
+prints the tables.
 """
 import argparse
 import contextlib
@@ -49,7 +58,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the library is the top-level folder
 
@@ -59,7 +67,9 @@ from transformers import Qwen3ForCausalLM
 import logprobs
 import rollout
 import train
+from garl import garl_coefficients
 from grpo import grpo_coefficients
+from paft import paft_coefficients
 from models import build_tiny_model, build_tiny_tokenizer, describe, load_smollm2, qwen3_0_6b_config
 from prompts import prompt_ids
 
@@ -88,6 +98,16 @@ def parse_args(argv=None):
     a("--grad-ckpt", action=argparse.BooleanOptionalAction, default=cuda,
       help="gradient checkpointing for ours and TRL's (train.py's CUDA default: on)")
     a("--no-trl", action="store_true", help="skip TRL's GRPOTrainer")
+    a("--only-decode", action="store_true",
+      help="measure decoding speed only (no training steps, TRL or log-prob memory)")
+    a("--decode-paths", default="plain,fast,fast+compile",
+      help="decoding paths to time, comma-separated (fast+compile also needs --decode-compile; at long budgets "
+           "the plain loop is slow: leave it out)")
+    a("--decode-compile", choices=["auto", "on", "off"], default="auto",
+      help="also time rollout.decode_fast with its compiled step (auto: on CUDA only; on a CPU compiling "
+           "takes about a minute)")
+    a("--bandwidth-gbs", type=float, default=None, help="device memory bandwidth in GB/s for the decoding bound "
+      "(default: the datasheet number for H100/H200, a measured read bandwidth on a CPU)")
     a("--threads", type=int, default=0 if cuda else 1, help="CPU threads for torch (0: torch's default; CPU default "
       "1: on a shared 2-core machine a busy core stalls every thread of a parallel op, and timings swing 10x)")
     a("--seed", type=int, default=0, help="seed for the model (tiny, qwen3-shape) and the sampling")
@@ -207,45 +227,69 @@ def sync(args):
 
 # ------------------------------------------------------------------------------------------------ our step
 def our_step(est, model, tok, tokens, optimizer, examples, prompts, args, mem):
-    """One train.py step for estimator `est`, phase by phase."""
-    targs = SimpleNamespace(estimator=est, M=args.M, micro_batch=args.micro_batch, K=None, no_pathwise=False,
-                            device=args.device, precision="bf16" if args.device == "cuda" else "fp32")
-    step, stats = Step(mem), {}
-    rollout.COUNTS["prompt_tokens"] = 0
-    with step.phase("generate"), train.autocast(targs):
+    """One train.py step for estimator `est`, phase by phase, with train.py's own functions."""
+    precision = "bf16" if args.device == "cuda" else "fp32"
+    step = Step(mem)
+    with step.phase("generate"), train.autocast(args.device, precision):
         groups = rollout.generate(model, prompts, args.M, tokens, args.think_budget,
                                   args.answer_tokens if est == "grpo" else None)
-    counts = {"generate": rollout.COUNTS["prompt_tokens"]}
     if est == "grpo":
         reward = torch.tensor([[float(m % 2) for m in range(args.M)] for _ in groups])  # [B, M] synthetic
         lengths = torch.tensor([[len(s.z_ids) + len(s.y_ids) for s in g] for g in groups])  # [B, M]
         with step.phase("estimator"):
-            coef_z = coef_y = grpo_coefficients(reward, lengths)  # [B, M]
+            score_coef = path_coef = grpo_coefficients(reward, lengths)  # [B, M]
     else:
-        with step.phase("weights"), train.autocast(targs):  # weights + estimator, split by train's own timers
-            coef_z, coef_y = train.sequence_coefficients(targs, args.q, groups, examples, tok, model, tokens, stats)
-        step.times["weights"] -= stats["time_estimator"]
-        step.times["estimator"] = stats["time_estimator"]
-    counts["weights"] = rollout.COUNTS["prompt_tokens"] - counts["generate"]
+        with step.phase("weights"), train.autocast(args.device, precision):
+            train.attach_gold_answers(groups, examples, tok)
+            flat = [s for g in groups for s in g]
+            log_w = logprobs.log_weights(model, flat, tokens, args.micro_batch).view(len(groups), args.M).double()
+            sync(args)
+        with step.phase("estimator"):
+            if est == "garl":
+                score_coef, path_coef = garl_coefficients(log_w, args.q)  # [B, M] each
+            else:
+                score_coef = path_coef = paft_coefficients(log_w, args.q)  # [B, M]
     with step.phase("gradient"):
         optimizer.zero_grad(set_to_none=True)
-        train.gradient_pass(targs, model, groups, coef_z, coef_y, tokens, stats)
+        train.gradient_pass(model, groups, score_coef, path_coef, tokens, args.micro_batch, precision)
         sync(args)
-    counts["gradient"] = rollout.COUNTS["prompt_tokens"] - counts["generate"] - counts["weights"]
     with step.phase("optimizer"):
         params = [p for p in model.parameters() if p.grad is not None]
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
     flat = [s for g in groups for s in g]
     trained = sum(len(s.z_ids) + len(s.forced_ids) + len(s.y_ids) for s in flat)  # tokens after the prompts
-    grad_seqs = [s for (b, g) in enumerate(groups) for (m, s) in enumerate(g) if coef_z[b, m] != 0 or coef_y[b, m] != 0]
+    grad_seqs = [s for (b, g) in enumerate(groups) for (m, s) in enumerate(g)
+                 if score_coef[b, m] != 0 or path_coef[b, m] != 0]
     return step.result(
         generated=sum(len(s.z_ids) + len(s.forced_ids) + (len(s.y_ids) if est == "grpo" else 0) for s in flat),
         trained_tokens=trained, grad_seqs=len(grad_seqs), grad_tokens=sum(len(s.ids) for s in grad_seqs),
-        prompt_tokens={"shared": counts, "plain": {  # what the unshared path computes: every sample its prompt
-            "generate": args.M * sum(map(len, prompts)),
-            "weights": 0 if est == "grpo" else sum(len(s.prompt_ids) for s in flat),
-            "gradient": sum(len(s.prompt_ids) for s in grad_seqs)}})
+        prompt_tokens=prompt_tokens(groups, score_coef, path_coef, est, args.micro_batch))
+
+
+def prompt_tokens(groups, score_coef, path_coef, est, micro_batch) -> dict:
+    """Prompt tokens each phase runs through the model, plain (every sample its own prompt) and shared,
+    counted from the samples (both paths are exact, so this is bookkeeping, not a measurement):
+        generate   rollout.decode_fast prefills each prompt once for its M rows
+        weights    logprobs.log_weights runs each prompt once for the whole weight pass
+        gradient   train.gradient_pass's micro-batches (a question's sequences together, longest first,
+                   zero-coefficient ones skipped); sequence_logprobs runs a prompt once per micro-batch
+                   where several of its samples meet (it shares under non-reentrant checkpointing only)
+    """
+    P = [len(g[0].prompt_ids) for g in groups]  # [B]
+    items = [(b, len(s.prompt_ids)) for b, g in enumerate(groups)
+             for m, s in sorted(enumerate(g), key=lambda ms: -len(ms[1].ids))
+             if score_coef[b, m] != 0 or path_coef[b, m] != 0]
+    shared_grad = 0
+    for i in range(0, len(items), micro_batch):
+        mb = items[i:i + micro_batch]
+        distinct = dict(mb)  # prompt -> length
+        shared_grad += sum(distinct.values()) if len(distinct) < len(mb) else sum(n for _, n in mb)
+    M = len(groups[0])
+    weights = est != "grpo"
+    return {"plain": {"generate": M * sum(P), "weights": M * sum(P) if weights else 0,
+                      "gradient": sum(n for _, n in items)},
+            "shared": {"generate": sum(P), "weights": sum(P) if weights else 0, "gradient": shared_grad}}
 
 
 # ------------------------------------------------------------------------------------------------ TRL's step
@@ -329,6 +373,123 @@ def logprob_memory(args, mem, vocab=151936, hidden=1024):
     return out
 
 
+# ------------------------------------------------------------------------------------------------ decoding speed
+# Memory bandwidth, bytes/s, from NVIDIA's datasheets ("H100 Tensor Core GPU" datasheet: SXM 3.35 TB/s, PCIe
+# 2 TB/s, NVL 3.9 TB/s; "H200 Tensor Core GPU" product page: 4.8 TB/s). Matched against the CUDA device name,
+# most specific first.
+HBM_BANDWIDTH = [("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12), ("H100", 3.35e12)]
+
+
+def bandwidth(args) -> tuple[float | None, str]:
+    """Bytes/s the decoding bound divides by, and where the number comes from."""
+    if args.bandwidth_gbs:
+        return args.bandwidth_gbs * 1e9, "--bandwidth-gbs"
+    if args.device == "cuda":
+        name = torch.cuda.get_device_name()
+        for key, bw in HBM_BANDWIDTH:
+            if key in name:
+                return bw, f"{name}: datasheet"
+        return None, f"{name}: unknown, pass --bandwidth-gbs"
+    # CPU: time reading a 512 MB tensor (a sum), with the benchmark's thread count; median of 5.
+    x = torch.ones(2**27)
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        x.sum()
+        times.append(time.perf_counter() - t)
+    return x.numel() * 4 / statistics.median(times), f"measured: reading 512 MB, {torch.get_num_threads()} thread(s)"
+
+
+def decode_bytes(model, dtype, R: int, prompt_len: float, steps: int) -> tuple[float, float]:
+    """(bytes read by a whole decoding call, of which weights) for R rows: the lower bound of the work.
+
+    Each step reads every linear layer's weight in the compute dtype (bf16 under autocast), the norms,
+    R rows of the embedding, and the keys and values of every filled position (the prompt and the tokens
+    so far, prompt_len = the mean real prompt length) in the compute dtype.
+    """
+    size = lambda t, d=None: t.numel() * (d or t.dtype).itemsize
+    embed = model.get_input_embeddings().weight
+    linear_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters()}
+    weights = sum(size(p, dtype) for p in model.parameters() if id(p) in linear_params)
+    weights += sum(size(p) for p in model.parameters() if id(p) not in linear_params and p is not embed)
+    weights += R * embed.shape[1] * embed.dtype.itemsize
+    config = model.config.get_text_config()
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * dtype.itemsize
+    positions = sum(prompt_len + t + 1 for t in range(steps))  # filled positions read, summed over the steps
+    return steps * weights + R * positions * kv_token, steps * weights
+
+
+def decode_speed(model, tok, prompts, args) -> dict:
+    """Row-tokens per second of rollout.decode (plain) and rollout.decode_fast (eager; compiled), in the
+    rationale mode (no answer), at --M, --think-budget and the bench's prompts, against the bandwidth bound.
+    Each path: one warm-up call (compilation happens there), then --repeats calls with seeds shared
+    across paths, so that the paths' tokens can be compared. fp32: the same tokens. bf16: the paths round
+    differently, and one flipped token changes the rest of its row, so on a GPU "same tokens" can be
+    below 100% without a bug (tests/test_perf.py checks exactness in fp32)."""
+    precision = "bf16" if args.device == "cuda" else "fp32"
+    tokens = rollout.Tokens.of(tok)
+    compile = args.decode_compile == "on" or (args.decode_compile == "auto" and args.device == "cuda")
+    paths = {"plain": lambda rules: rollout.decode(model, prompts, args.M, rules),
+             "fast": lambda rules: rollout.decode_fast(model, prompts, args.M, rules, compile=False),
+             "fast+compile": lambda rules: rollout.decode_fast(model, prompts, args.M, rules, compile=True)}
+    wanted = args.decode_paths.split(",")
+    paths = {k: v for k, v in paths.items() if k in wanted and (k != "fast+compile" or compile)}
+    R = len(prompts) * args.M
+    out, seen = {}, {}
+    with train.autocast(args.device, precision):
+        rules = rollout.Rules.of(model, tokens, args.think_budget, None, 1.0, 1.0)
+        dtype = torch.get_autocast_dtype(args.device) if precision == "bf16" else next(model.parameters()).dtype
+        for name, run in paths.items():
+            torch.manual_seed(args.seed)
+            t = time.perf_counter()
+            run(rules)  # warm-up
+            sync(args)
+            warmup = time.perf_counter() - t
+            times, drawn = [], []
+            for r in range(args.repeats):
+                torch.manual_seed(args.seed + 1 + r)
+                t = time.perf_counter()
+                rows = run(rules)
+                sync(args)
+                times.append(time.perf_counter() - t)
+                drawn.append(rows.tokens[:, :rules.max_new].clone())
+            steps = int(rows.n)
+            seen[name] = drawn
+            same = (sum(torch.equal(a, b) for a, b in zip(drawn, seen["plain"])) / len(drawn)  # calls, same seeds
+                    if "plain" in seen else None)
+            out[name] = {"s": statistics.median(times), "warmup_s": warmup, "steps": steps,
+                         "row_tokens_per_s": R * steps / statistics.median(times),
+                         "ms_per_step": 1e3 * statistics.median(times) / steps, "same_tokens_as_plain": same}
+        rollout.release(model)  # the fast path's buffers: not part of the training step's memory
+    bw, source = bandwidth(args)
+    total, weights = decode_bytes(model, dtype, R, statistics.mean(map(len, prompts)), steps)
+    bound = {"bandwidth_gbs": bw and bw / 1e9, "source": source, "rows": R, "steps": steps,
+             "mb_per_step": total / steps / 2**20, "weights_mb_per_step": weights / steps / 2**20,
+             "row_tokens_per_s": bw and R * steps / (total / bw), "dtype": str(dtype)}
+    for v in out.values():
+        v["fraction_of_bound"] = bw and v["row_tokens_per_s"] / bound["row_tokens_per_s"]
+    return {"paths": out, "bound": bound}
+
+
+def decode_table(decode) -> str:
+    b = decode["bound"]
+    bw = f"{b['bandwidth_gbs']:.0f} GB/s ({b['source']})" if b["bandwidth_gbs"] else b["source"]
+    lines = [f"decoding: {b['rows']} rows x {b['steps']} steps, {b['dtype']}; bound: {b['mb_per_step']:.1f} MB "
+             f"read per step ({b['weights_mb_per_step']:.1f} MB of weights) at {bw}",
+             "| path | row-tokens/s | ms/step | fraction of bound | warm-up s | same tokens as plain |",
+             "|---|---|---|---|---|---|"]
+    for name, p in decode["paths"].items():
+        frac = f"{p['fraction_of_bound']:.1%}" if p["fraction_of_bound"] else "-"
+        same = "-" if p["same_tokens_as_plain"] is None else f"{p['same_tokens_as_plain']:.0%}"
+        lines.append(f"| {name} | {p['row_tokens_per_s']:.1f} | {p['ms_per_step']:.2f} | {frac} | "
+                     f"{p['warmup_s']:.1f} | {same} |")
+    if b["row_tokens_per_s"]:
+        ms = 1e3 * b["rows"] / b["row_tokens_per_s"]
+        lines.append(f"| bandwidth bound | {b['row_tokens_per_s']:.1f} | {ms:.2f} | 100% | | |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------ report
 def median(rows, key):
     return statistics.median(key(r) for r in rows)
@@ -391,6 +552,14 @@ def main(argv=None):
     print(f"bench: {args.model} -> {describe(model)} on {args.device}; B={args.prompts} M={args.M} "
           f"prompt={[len(p) for p in prompts]} tokens, think budget {args.think_budget}, answer {args.answer_tokens}, "
           f"micro-batch {args.micro_batch}, {args.repeats} repeats after a warm-up", flush=True)
+    if args.only_decode:
+        decode = decode_speed(model, tok, prompts, args)
+        result = {"config": vars(args), "model": describe(model), "decode": decode}
+        (out / "bench.json").write_text(json.dumps(result, indent=2))
+        print(decode_table(decode))
+        print(f"wrote {out / 'bench.json'}")
+        mem.running = False
+        return result
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     runs = {e: [] for e in ESTIMATORS}
     torch.manual_seed(args.seed)
@@ -408,11 +577,13 @@ def main(argv=None):
         except ImportError:
             print("  TRL not importable: skipping the TRL column (pip install --no-deps trl, for the benchmark only)")
     logprob = logprob_memory(args, mem) if args.logprob_tokens > 0 else None
+    decode = decode_speed(model, tok, prompts, args)
     summary = summarize(runs)
     result = {"config": vars(args), "model": describe(model), "summary": summary,
-              "targets": targets(summary, runs, logprob), "logprob_memory": logprob, "runs": runs}
+              "targets": targets(summary, runs, logprob), "logprob_memory": logprob, "decode": decode, "runs": runs}
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     print(table(summary))
+    print(decode_table(decode))
     for k, v in result["targets"].items():
         print(f"  {k}: {v:.3f}" if isinstance(v, float) else f"  {k}: {v}")
     print(f"wrote {out / 'bench.json'}")

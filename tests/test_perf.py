@@ -1,17 +1,24 @@
 """Every speed-up keeps the numbers: each optimized path against the plain one, on the tiny model.
 
-    shared prompt   generate's shared prefill and growing cache, sequence_logprobs' and log_weights'
-                    shared prompt: same tokens, same log-probs, same gradients as recomputing it
+    fast decoding   rollout.decode_fast (shared prefill, static bf16-able cache, packed attention over the
+                    filled part, compiled step) against the plain loop rollout.decode: the same tokens under
+                    a fixed seed, log-probs to 1e-5 (fp32), no recompilation for new buffer sizes
+    shared prompt   sequence_logprobs' and log_weights' shared prompt: same log-probs, same gradients as
+                    recomputing it
     PAFT            the gradient pass over distinct resampled sequences, weighted by their counts,
                     equals the plain sum over the K resampled indices
     chunked         chunked log-probs (values and gradients) equal the full-vocabulary ones
 and a smoke run of bench.py.
+
+The compiled step is checked with the "aot_eager" backend (dynamo's one-graph capture and functionalization,
+in seconds); with inductor's kernels (what CUDA runs) only when ROLLOUT_TEST_INDUCTOR=1, since compiling takes
+about a minute on a 2-core CPU.
 """
 import json
+import os
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 from experiments import bench
 import logprobs
@@ -20,8 +27,8 @@ import rollout
 import train
 from logprobs import log_weights, sequence_logprobs
 from paft import paft_coefficients, paft_resample
-from prompts import gold_ids, prompt_ids
-from rollout import Tokens, generate
+from prompts import THINK_CLOSE, gold_ids, prompt_ids
+from rollout import Rules, Tokens, generate
 
 EXAMPLE = {"question": "Which band recorded Counterparts?", "context": "Rush is a Canadian rock band. " * 3,
            "answer": "Rush", "aliases": []}
@@ -33,12 +40,15 @@ def tiny():
     return models.build_tiny_model(tok, seed=3), tok
 
 
-def rollouts(model, tok, M=3, budget=12, seed=0, shared=True):
-    """Two questions with prompts of different lengths (so left padding is exercised), gold answers set."""
-    prompts = [prompt_ids(tok, ex, "hotpotqa", "warm")
-               for ex in [EXAMPLE, dict(EXAMPLE, context="short")]]
+def two_prompts(tok):
+    """Two questions with prompts of different lengths (so left padding is exercised)."""
+    return [prompt_ids(tok, ex, "hotpotqa", "warm") for ex in [EXAMPLE, dict(EXAMPLE, context="short")]]
+
+
+def rollouts(model, tok, M=3, budget=12, seed=0):
+    """Rollouts of two_prompts, gold answers set."""
     torch.manual_seed(seed)
-    groups = generate(model, prompts, M, Tokens.of(tok), budget, shared_prefill=shared)
+    groups = generate(model, two_prompts(tok), M, Tokens.of(tok), budget)
     gold = gold_ids(tok, "Rush")
     for g in groups:
         for s in g:
@@ -50,30 +60,97 @@ def grads(model):
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
-def test_shared_prefill_samples_the_same_tokens(tiny):
-    model, tok = tiny
-    for answer in [None, 4]:  # rationale only (GARL/PAFT) and rationale + answer (GRPO, evaluation)
-        prompts = [s.prompt_ids for s in (g[0] for g in rollouts(model, tok))]
-        torch.manual_seed(5)
-        shared = generate(model, prompts, 3, Tokens.of(tok), 12, answer, shared_prefill=True)
-        torch.manual_seed(5)
-        plain = generate(model, prompts, 3, Tokens.of(tok), 12, answer, shared_prefill=False)
-        assert [[s.ids for s in g] for g in shared] == [[s.ids for s in g] for g in plain]
+# ------------------------------------------------------------------------------------------------ fast decoding
+def biased_tiny(one_token_close=True, close_bias=0.0, eos_bias=0.0, pad_is_eos=False):
+    """A tiny model whose output layer leans towards "</think>" and EOS, so that rows close and end on their own."""
+    tok = models.build_tiny_tokenizer(one_token_close)
+    if pad_is_eos:
+        tok.pad_token = tok.eos_token
+    model = models.build_tiny_model(tok, seed=1)
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    head.weight.data.copy_(model.lm_head.weight.data)
+    head.bias.data.zero_()
+    head.bias.data[tok(THINK_CLOSE, add_special_tokens=False).input_ids[0]] = close_bias
+    head.bias.data[tok.eos_token_id] = eos_bias
+    model.lm_head = head
+    return model, tok
 
 
-def test_growing_cache_gives_the_full_forward_logits(tiny):
-    model, tok = tiny
-    ids = torch.randint(0, 250, (1, 20))  # [1, T]
-    with torch.no_grad():
-        full = model(input_ids=ids).logits  # [1, T, V]
-        cache = model(input_ids=ids[:, :8], use_cache=True).cache  # the prompt: 8 tokens
-        cache.layers = [rollout._GrowingLayer(l.keys, l.values, 2, 8 + 6) for l in cache.layers]  # room for 6 of 12
-        for t in range(8, 20):  # one token at a time, past the buffer's room (it grows)
-            step = model(input_ids=ids[:, t:t + 1].expand(2, 1), cache=cache, use_cache=True).logits  # [2, 1, V]
-            torch.testing.assert_close(step[:, 0], full[:, t].expand(2, -1), atol=1e-5, rtol=1e-5)
-    assert isinstance(cache, DynamicCache) and cache.get_seq_length() == 20
+def plain_and_fast(model, tok, M, think_budget, answer_budget, seed=5, **fast):
+    """rollout.decode and rollout.decode_fast from the same seed: (tokens, logp, closed_at) of each, and
+    the random-number generator's next draw after each (the same noise was consumed)."""
+    rules = Rules.of(model, Tokens.of(tok), think_budget, answer_budget, 1.0, 1.0)
+    out = []
+    for decode in [rollout.decode, lambda *a: rollout.decode_fast(*a, **fast)]:
+        torch.manual_seed(seed)
+        rows = decode(model, two_prompts(tok), M, rules)
+        out.append((rows.tokens[:, :rules.max_new].clone(), rows.logp[:, :rules.max_new].clone(),
+                    rows.closed_at.clone(), torch.rand(1)))
+    return out
 
 
+CASES = {  # (model options, M, think budget, answer budget)
+    "rationale (GARL/PAFT)": (dict(), 3, 12, None),
+    "rationale + answer (GRPO, evaluation)": (dict(), 3, 12, 4),
+    "8-token </think>": (dict(one_token_close=False), 2, 10, 3),
+    "natural closes and EOS, pad is EOS": (dict(close_bias=4.0, eos_bias=4.0, pad_is_eos=True), 4, 14, 6),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fast_decoding_samples_the_plain_loops_tokens(case):
+    options, M, budget, answer = CASES[case]
+    model, tok = biased_tiny(**options)
+    (tokens, logp, closed, rng), (f_tokens, f_logp, f_closed, f_rng) = plain_and_fast(model, tok, M, budget, answer,
+                                                                                     bucket=8)
+    assert torch.equal(f_tokens, tokens) and torch.equal(f_closed, closed) and torch.equal(f_rng, rng)
+    torch.testing.assert_close(f_logp, logp, atol=1e-5, rtol=0)
+    if options.get("close_bias"):
+        assert (closed < budget).any() and (closed == budget + 1).any()  # natural closes and forced ones
+
+
+def test_fast_decoding_under_bf16_autocast():
+    """When attention reads exactly the filled positions (bucket=1) the two paths are bitwise equal under bf16
+    autocast: the twin's bf16 weights, the bf16 cache, the shared prefill and the packed attention compute what
+    autocast computes. With a wider, masked read (bucket=8) attention's kernel splits its reduction differently
+    and bf16 rounds each layer's output: the same tokens, log-probs within a bf16 rounding step of the logits
+    (measured: at most 7.6e-3 over 25 runs, one row per prompt or three; in fp32 1e-6, tested to 1e-5 above)."""
+    model, tok = biased_tiny(close_bias=2.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for M, bucket in [(3, 1), (3, 8)]:
+            (tokens, logp, closed, _), (f_tokens, f_logp, f_closed, _) = plain_and_fast(model, tok, M, 12, 4,
+                                                                                       bucket=bucket)
+            assert torch.equal(f_tokens, tokens) and torch.equal(f_closed, closed)
+            torch.testing.assert_close(f_logp, logp, atol=0 if bucket == 1 else 1.6e-2, rtol=0)
+
+
+def test_compiled_step_is_one_graph_with_the_plain_loops_tokens():
+    """The step compiles to one graph (fullgraph), samples the plain loop's tokens, and is not recompiled for
+    new buffer sizes (more rows, a longer prompt): at the paper's scale a recompilation costs a minute."""
+    model, tok = biased_tiny(close_bias=2.0)
+    (tokens, logp, closed, rng), (f_tokens, f_logp, f_closed, f_rng) = plain_and_fast(
+        model, tok, 3, 10, 4, compile="aot_eager", bucket=8)
+    assert torch.equal(f_tokens, tokens) and torch.equal(f_closed, closed) and torch.equal(f_rng, rng)
+    torch.testing.assert_close(f_logp, logp, atol=1e-5, rtol=0)
+    rules = Rules.of(model, Tokens.of(tok), 10, 4, 1.0, 1.0)
+    longer = [prompt_ids(tok, dict(EXAMPLE, context=EXAMPLE["context"] * 4), "hotpotqa", "warm")] + two_prompts(tok)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        rollout.decode_fast(model, longer, 2, rules, compile="aot_eager", bucket=8)
+    rollout.release(model)
+
+
+@pytest.mark.skipif(os.environ.get("ROLLOUT_TEST_INDUCTOR") != "1",
+                    reason="inductor compilation takes about a minute on a 2-core CPU: ROLLOUT_TEST_INDUCTOR=1 runs it")
+def test_inductor_compiled_step_matches_the_plain_loop():
+    """inductor's fused kernels round differently from eager ones: measured log-prob differences 5e-7 (fp32)."""
+    model, tok = biased_tiny(close_bias=2.0)
+    (tokens, logp, closed, _), (f_tokens, f_logp, f_closed, _) = plain_and_fast(model, tok, 3, 10, 4, compile=True,
+                                                                                bucket=8)
+    assert torch.equal(f_tokens, tokens) and torch.equal(f_closed, closed)
+    torch.testing.assert_close(f_logp, logp, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ log-probs
 def logprobs_and_grads(model, samples, tokens, share, checkpointing=None):
     """Log-probs and the gradient of a fixed weighted sum of them, under optional gradient checkpointing."""
     if checkpointing:
@@ -172,4 +249,7 @@ def test_bench_smoke(tmp_path):
     assert saved["logprob_memory"]["max_grad_diff"] < 1e-5
     for est in ["grpo", "garl", "paft"]:
         tokens = saved["targets"][f"{est} prompt tokens per step (plain -> shared)"]
-        assert tokens["generate"][1] < tokens["generate"][0]  # the prompt's prefill is shared by the M samples
+        assert tokens["generate"][1] * 2 == tokens["generate"][0]  # the prompt's prefill is shared by the M = 2 rows
+    decode = saved["decode"]
+    assert set(decode["paths"]) == {"plain", "fast"} and decode["paths"]["fast"]["same_tokens_as_plain"] == 1
+    assert decode["bound"]["row_tokens_per_s"] > 0 and decode["bound"]["steps"] == 4 + 1

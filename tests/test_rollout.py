@@ -1,11 +1,15 @@
-"""Prompts, thinking-budget forcing and sequence log-probabilities, on the tiny model built in code."""
+"""Prompts, the decoding rule (thinking-budget forcing, sampling) and sequence log-probabilities, on the tiny
+model built in code."""
 import pytest
 import torch
+from transformers import DynamicCache
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 import models
+import rollout
 from prompts import THINK_CLOSE, build_prompt, gold_ids, gold_text, prompt_ids, user_message
 from logprobs import log_weights, sequence_logprobs
-from rollout import BudgetState, ForceThinkingBudget, Sample, StopAfterThinking, Tokens, generate
+from rollout import Rows, Rules, Sample, Tokens, generate
 
 EXAMPLE = {"id": "x", "question": "Which band recorded Counterparts?",
            "context": "Rush: Rush is a Canadian rock band.\n\nCounterparts: an album by Rush.", "answer": "Rush",
@@ -74,23 +78,55 @@ def test_natural_close_is_kept_in_z_and_not_forced():
         assert s.z_ids[-1] == tokens.close_ids[0] and s.forced_ids == [] and len(s.z_ids) <= 20
 
 
-def test_budget_state_on_a_scripted_multi_token_close():
-    """Drive the processor and stopping criterion by hand: natural close of a 3-token "</think>" and forcing."""
+def test_the_step_rule_on_a_scripted_multi_token_close():
+    """Drive `pick` by hand: natural close of a 3-token "</think>", EOS banned while thinking, then forcing."""
     close, eos, V = [5, 6, 7], 9, 10
-    tokens = Tokens(close_ids=close, eos_ids=[eos], pad_id=0)
-    state = BudgetState(rows=2, prompt_len=1, budget=5, tokens=tokens, answer_budget=None, device="cpu")
-    proc, stop = ForceThinkingBudget(state), StopAfterThinking(state)
-    script = [[1, 5, 6, 7, 2, 2, 2, 2, 2], [eos, 1, 1, 1, 1, 3, 3, 3, 3]]  # what each row "wants" to sample
-    ids = torch.tensor([[1], [1]])
+    rules = Rules(close=torch.tensor(close), eos=torch.arange(V) == eos, pad=0, think_budget=5, answer_budget=0,
+                  temperature=1.0, top_p=1.0)
+    script = [[1, 5, 6, 7, 2, 2, 2, 2], [eos, 1, 1, 1, 1, 3, 3, 3]]  # what each row "wants" to sample
+    rows = Rows(2, rules.max_new, "cpu").reset(rules.pad)
     for t in range(8):
-        scores = torch.full((2, V), -5.0)
-        scores[[0, 1], [script[0][t], script[1][t]]] = 5.0
-        scores = proc(ids, scores)
-        ids = torch.cat([ids, scores.argmax(-1, keepdim=True)], dim=1)
-        done = stop(ids, scores)
-    assert state.closed_at.tolist() == [4, 8]  # row 0 closed naturally after 4 tokens, row 1 forced at 5 + 3
-    assert ids[1, 1:].tolist() == [0, 1, 1, 1, 1, 5, 6, 7]  # EOS banned while thinking (id 0 won the tie), then forced
-    assert done.tolist() == [True, True]
+        logits = torch.full((2, V), -5.0)
+        logits[[0, 1], [script[0][t], script[1][t]]] = 5.0
+        rollout.pick(rows, logits, torch.ones(2, V), rules)  # noise 1: the most likely token (the first on ties)
+    assert rows.closed_at.tolist() == [4, 8]  # row 0 closed naturally after 4 tokens, row 1 forced at 5 + 3
+    assert rows.tokens[0].tolist() == [1, 5, 6, 7, 0, 0, 0, 0]  # row 0: padding once done
+    assert rows.tokens[1].tolist() == [0, 1, 1, 1, 1, 5, 6, 7]  # EOS banned while thinking (0 won the tie), forced
+    assert rows.done.tolist() == [True, True] and int(rows.n) == 8
+
+
+def test_answer_mode_stops_at_eos_or_the_answer_budget():
+    close, eos, V = [5], 9, 10
+    rules = Rules(close=torch.tensor(close), eos=torch.arange(V) == eos, pad=eos, think_budget=2, answer_budget=3,
+                  temperature=1.0, top_p=1.0)
+    script = [[1, 5, 2, eos, 2, 2], [1, 1, 2, 2, 2, 2]]  # row 0 closes, answers "2" and EOS; row 1 is forced
+    rows = Rows(2, rules.max_new, "cpu").reset(rules.pad)
+    for t in range(rules.max_new):
+        logits = torch.full((2, V), -5.0)
+        logits[[0, 1], [script[0][t], script[1][t]]] = 5.0
+        rollout.pick(rows, logits, torch.ones(2, V), rules)
+    assert rows.closed_at.tolist() == [2, 3]
+    assert rows.tokens.tolist() == [[1, 5, 2, eos, eos, eos], [1, 1, 5, 2, 2, 2]]  # row 1: 3 answer tokens, no EOS
+    samples = rollout.to_samples([[8], [8]], 1, rows, rules)
+    assert samples[0][0].y_ids == [2, eos] and samples[1][0].y_ids == [2, 2, 2]
+    assert samples[1][0].z_ids == [1, 1] and samples[1][0].forced_ids == [5]
+
+
+def test_the_sampler_draws_what_torch_multinomial_draws():
+    probs = torch.softmax(3 * torch.randn(6, 300), -1)
+    torch.manual_seed(0)
+    expected = torch.multinomial(probs, 1)[:, 0]
+    torch.manual_seed(0)
+    assert torch.equal(rollout.sample(probs, torch.empty(6, 300).exponential_()), expected)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.6, 0.95), (1.3, 0.5)])
+def test_temperature_and_top_p_are_transformers_warpers(temperature, top_p):
+    logits = 4 * torch.randn(5, 300)
+    expected = TemperatureLogitsWarper(temperature)(None, logits)
+    if top_p < 1:
+        expected = TopPLogitsWarper(top_p)(None, expected)
+    torch.testing.assert_close(rollout.warp(logits, temperature, top_p), expected, rtol=0, atol=0)
 
 
 def test_answers_end_at_the_real_eos_even_when_pad_is_eos():
@@ -156,7 +192,80 @@ def test_forced_tokens_count_in_neither_logp():
     assert logp_z[0].item() == pytest.approx(logp_z[1].item(), abs=1e-6)  # same z tokens, same prefix
 
 
-def test_think_budget_must_be_positive():
+@pytest.mark.parametrize("kwargs,flag", [(dict(think_budget=0), "think-budget"),
+                                         (dict(answer_budget=0), "answer-budget"),
+                                         (dict(temperature=0.0), "temperature"), (dict(top_p=1.5), "top-p")])
+def test_bad_sampling_options_are_refused(kwargs, flag):
     model, tok = tiny()
-    with pytest.raises(ValueError, match="think-budget"):
-        generate(model, encoded_prompts(tok), 2, Tokens.of(tok), 0)
+    args = dict(think_budget=4) | kwargs
+    with pytest.raises(ValueError, match=flag):
+        generate(model, encoded_prompts(tok), 2, Tokens.of(tok), **args)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_generation_config_never_leaks_into_rollouts(fast):
+    """transformers' generate fills unset sampling options from model.generation_config; our loop reads none."""
+    model, tok = tiny()
+    leaky, _ = tiny()
+    leaky.generation_config.update(do_sample=False, temperature=0.05, top_k=2, top_p=0.3, min_p=0.5,
+                                   repetition_penalty=5.0, no_repeat_ngram_size=1, max_new_tokens=2)
+    tokens, prompts = Tokens.of(tok), encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, question="Who?")])
+    out = []
+    for m in (model, leaky):
+        torch.manual_seed(4)
+        out.append([[s.ids for s in g] for g in generate(m, prompts, 3, tokens, 12, answer_budget=5, fast=fast)])
+    assert out[0] == out[1]
+    assert any(len(set(ids)) < len(ids) for g in out[0] for ids in g)  # repeated tokens: no repetition penalty
+
+
+def test_the_sampler_log_probs_are_what_logprobs_scores():
+    """On-policy: the log-probability each token was drawn with (temperature 1) is what sequence_logprobs
+    sums, for rationale tokens (EOS banned) and the model's own answer tokens alike."""
+    model, tok = tiny(eos_bias=3.0)
+    tokens, prompts = Tokens.of(tok), encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, context="short")])
+    rules = Rules.of(model, tokens, 10, 6, 1.0, 1.0)
+    torch.manual_seed(5)
+    rows = rollout.decode_fast(model, prompts, 3, rules)
+    logp = rows.logp[:, :rules.max_new].clone()  # [R, T]
+    samples = [s for g in rollout.to_samples(prompts, 3, rows, rules) for s in g]
+    logp_z, logp_y = sequence_logprobs(model, samples, tokens)
+    for r, s in enumerate(samples):
+        z, f, y = len(s.z_ids), len(s.forced_ids), len(s.y_ids)
+        assert logp_z[r].item() == pytest.approx(logp[r, :z].sum().item(), abs=1e-4)
+        assert logp_y[r].item() == pytest.approx(logp[r, z + f:z + f + y].sum().item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_only_the_last_position_goes_through_the_output_layer(fast):
+    model, tok = tiny()
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape[:-1])))
+    generate(model, encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, context="short")]), 3, Tokens.of(tok), 4, 2, fast=fast)
+    hook.remove()
+    assert seen and all(shape[1] == 1 for shape in seen)  # [rows, 1]: never [rows, prompt_len, V] logits
+
+
+def test_the_fast_path_keeps_its_cache_in_the_compute_dtype():
+    """Under bf16 autocast over fp32 weights, Qwen3's k_norm (an fp32 weight) promotes keys to fp32: transformers'
+    cache holds fp32 keys next to bf16 values. The fast path stores both in bf16 (attention casts them to bf16
+    anyway), and its linear layers read bf16 copies of the fp32 master weights, which stay untouched."""
+    model, tok = tiny()
+    master = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.tensor([encoded_prompts(tok)[0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = model(input_ids=ids, use_cache=True).cache
+        assert (cache.layers[0].keys.dtype, cache.layers[0].values.dtype) == (torch.float32, torch.bfloat16)
+        generate(model, encoded_prompts(tok), 2, Tokens.of(tok), 4)
+    dec = rollout._DECODERS[model]
+    assert {(l.keys.dtype, l.values.dtype) for l in dec.cache.layers} == {(torch.bfloat16, torch.bfloat16)}
+    assert dec.twin.lm_head.weight.dtype == dec.twin.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert dec.twin.model.embed_tokens.weight is model.model.embed_tokens.weight  # shared, fp32
+    assert dec.twin.model.norm.weight is model.model.norm.weight
+    assert all(v.dtype == torch.float32 and torch.equal(v, master[k]) for k, v in model.state_dict().items())
+    assert model.config._attn_implementation == "sdpa"  # the twin's decode attention is the twin's only
+    with torch.no_grad():  # a changed master weight reaches the twin on the next call
+        model.model.layers[0].mlp.up_proj.weight.mul_(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        generate(model, encoded_prompts(tok), 2, Tokens.of(tok), 4)
+    torch.testing.assert_close(dec.twin.model.layers[0].mlp.up_proj.weight,
+                               model.model.layers[0].mlp.up_proj.weight.bfloat16(), rtol=0, atol=0)
