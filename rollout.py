@@ -387,6 +387,9 @@ def _twin(model, dtype: torch.dtype):
                     cast = torch.nn.Parameter(master.detach().to(dtype), requires_grad=False)
                     setattr(module, name, cast)  # the twin's module only: the master keeps its parameter
                     pairs.append((cast, master))
+    # A forward patched on the instance (TRL's fused output layer, trl_garl.add_garl_scoring) would call the
+    # ORIGINAL model from inside the twin: the twin decodes with its class's own forward.
+    twin.__dict__.pop("forward", None)
     twin.set_attn_implementation("rollout_decode")
     return twin.eval(), pairs
 
