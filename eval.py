@@ -18,6 +18,7 @@ The paper reports the test number of the checkpoint with the best validation maj
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from tqdm import tqdm
 import rewards
 from data import TASKS, load_examples
 from prompts import prompt_ids
-from rollout import PAPER_THINK_BUDGETS, Tokens, generate
+from rollout import PAPER_THINK_BUDGETS, Tokens, generate, release_buffers
 
 # Project choice: the paper publishes no sampling settings; these are Qwen3's recommended settings
 # for thinking mode. Training samples at temperature 1 instead (on-policy, see train.py).
@@ -73,7 +74,7 @@ def evaluate(model, tokenizer, examples: list[dict], task: str, start: str, n: i
     """
     tokens = Tokens.of(tokenizer, model.generation_config)
     totals, predictions, forced = {}, [], 0
-    bar = tqdm(total=len(examples), desc="eval", disable=not progress, leave=False)
+    bar = tqdm(total=len(examples), desc="eval", disable=not progress, leave=False, file=sys.stdout)
     for i in range(0, len(examples), prompts_per_call):
         batch = examples[i:i + prompts_per_call]
         prompts = [prompt_ids(tokenizer, ex, task, start) for ex in batch]
@@ -88,6 +89,7 @@ def evaluate(model, tokenizer, examples: list[dict], task: str, start: str, n: i
                                 "aliases": ex["aliases"], "answers": answers, "majority": majority, **scores})
         bar.update(len(batch))
     bar.close()
+    release_buffers(model)  # the decoding cache (questions x n rows) is not kept once validation is over
     metrics = {key.replace("@n", f"@{n}"): 100.0 * value / len(examples) for key, value in totals.items()}
     metrics["forced_frac"] = forced / (n * len(examples))  # share of rationales cut by the thinking budget
     metrics["questions"] = len(examples)

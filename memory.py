@@ -36,6 +36,7 @@ MODEL_TYPES = ("llama", "qwen3")  # decoder layers whose activations the formula
 # What check_fits leaves free: the CUDA context (~0.5 GB), the caching allocator's fragmentation and the
 # small buffers the estimate leaves out. Project choice.
 HEADROOM = 0.9
+DECODE_BUCKET = 256  # rollout.decode_fast's default bucket: its cache holds positions rounded up to a multiple
 GB = 1e9
 
 
@@ -289,7 +290,7 @@ def generate_bytes(s: Shape, a: int, prompts: int, rows: int, prompt: int, max_n
                    kv_cache_bytes: float | None = None) -> dict:
     """One rollout.generate call: rows = prompts x M sequences of prompt + max_new tokens.
 
-    KV cache: allocated once at its full capacity, rows x (prompt + max_new) tokens, layers x 2 x
+    KV cache: allocated once at its full capacity, rows x (prompt + max_new, rounded up) tokens, layers x 2 x
     kv_heads x head_dim elements each, of kv_cache_bytes (default: the compute dtype; issue 10 keeps the
     cache in bf16 under autocast, where keys used to come out of the rotary embedding in fp32: 3 bytes
     per element on average, keys fp32 and values bf16).
@@ -299,9 +300,12 @@ def generate_bytes(s: Shape, a: int, prompts: int, rows: int, prompt: int, max_n
       decoding   one step's logits [rows, V] in the compute dtype, their fp32 copy and the softmax,
                  and the attention scores of one layer (rows x heads x length, fp32)
     """
-    kv = int(rows * (prompt + max_new) * kv_bytes_per_token(s, kv_cache_bytes or a))
+    # rollout.decode_fast allocates the cache once per call, for the positions rounded up to its attention
+    # bucket (256) plus one spare slot, and keeps two fp32 [rows, V] buffers (the logits, the sampling noise).
+    capacity = -(-(prompt + max_new) // DECODE_BUCKET) * DECODE_BUCKET + 1
+    kv = int(rows * capacity * kv_bytes_per_token(s, kv_cache_bytes or a)) + 2 * rows * s.vocab * FP32
     prefill = prompts * prompt * s.layers * s.kv_heads * s.head_dim * (FP32 + a) + prompts * s.vocab * (a + FP32)
-    decode = rows * s.vocab * (a + 2 * FP32) + rows * s.heads * (prompt + max_new) * FP32
+    decode = rows * s.vocab * (a + 2 * FP32) + rows * s.heads * capacity * FP32
     return {"KV cache": kv, "generate workspace": max(prefill, decode)}
 
 
@@ -351,8 +355,8 @@ def estimate(config, *, M: int, gen_questions: int, prompt_tokens: int, max_new_
     >>> import models
     >>> plan = estimate(models.qwen3_0_6b_config(), M=32, gen_questions=1, prompt_tokens=1800,
     ...                 max_new_tokens=4097, micro_batch=4, grad_ckpt=True)
-    >>> plan.peak_phase, round(plan.phases["generate"]["KV cache"] / 1e9, 1)   # 32 x 5897 tokens x 112 KiB
-    ('generate', 21.6)
+    >>> plan.peak_phase, round(plan.phases["generate"]["KV cache"] / 1e9, 1)   # 32 x 6145 positions x 112 KiB, + logits
+    ('generate', 22.6)
     """
     if precision not in DTYPE_BYTES:
         raise ValueError(f"precision must be one of {sorted(DTYPE_BYTES)}, got {precision!r}")

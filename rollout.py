@@ -473,6 +473,18 @@ def release(model):
     _DECODERS.pop(model, None)
 
 
+def release_buffers(model):
+    """Free the fast path's per-call buffers (the KV cache, the logits), keep its twin and compiled step.
+
+    train.py calls it after each rollout phase: at the paper's scale the cache is ~20 GB, which would
+    otherwise stay allocated through the weight and gradient passes (memory.py plans it that way). The
+    next call allocates new buffers; the compiled step takes them without recompiling (sizes are symbolic).
+    """
+    decoder = _DECODERS.get(model)
+    if decoder is not None:
+        decoder.release()
+
+
 @torch.no_grad()
 def decode_fast(model, prompt_ids: list[list[int]], M: int, rules: Rules, compile: bool | str | None = None,
                 bucket: int = 256, check_every: int | None = None) -> Rows:

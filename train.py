@@ -40,7 +40,7 @@ from models import describe, load_model
 from paft import paft_coefficients
 from prompts import gold_ids, prompt_ids
 from qlog import check_q, log_mean_exp, q_loss_of_log
-from rollout import PAPER_THINK_BUDGETS, Tokens, generate
+from rollout import PAPER_THINK_BUDGETS, Tokens, generate, release_buffers
 
 ROOT = Path(__file__).resolve().parent
 SAMPLE_FILES = {"finqa": ROOT / "samples/finqa_dev_sample.json",
@@ -230,6 +230,7 @@ def rollouts(model, tokenizer, examples, task, start, M, tokens, think_budget, a
     for i in range(0, len(prompts), gen_batch or len(prompts)):
         groups += generate(model, prompts[i:i + (gen_batch or len(prompts))], M, tokens, think_budget, answer_budget,
                            temperature, top_p)
+    release_buffers(model)  # the decoding cache is not needed again before the next step's rollouts
     return groups
 
 

@@ -47,6 +47,8 @@ import memory
 import models
 import rollout
 import train
+from garl import garl_coefficients
+from logprobs import log_weights
 from prompts import gold_ids, prompt_ids
 
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TOP_PAD_": "0"}
@@ -196,29 +198,32 @@ def kv_dtypes(model):
         layers = getattr(cache, "layers", None)
         if layers and getattr(layers[0], "keys", None) is not None and layers[0].keys.numel():
             seen["keys"], seen["values"] = str(layers[0].keys.dtype), str(layers[0].values.dtype)
-    return seen, model.register_forward_pre_hook(hook, with_kwargs=True)
+    # The fast decoding path runs a twin of the model (rollout.decode_fast), made at the first call: hook that.
+    decoder = rollout._DECODERS.get(model)
+    target = decoder.twin if decoder is not None else model
+    return seen, target.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 # ------------------------------------------------------------------------------------------------ one step
 def step(model, tok, tokens, optimizer, example, args, budget, meter=None):
     """One GARL step of train.py (q = 0.75), phase by phase; with a meter, each phase's peak and time."""
-    targs = SimpleNamespace(estimator="garl", M=args.M, micro_batch=args.micro_batch, K=None, no_pathwise=False,
-                            device=args.device, precision=args.precision)
     phases = {}
     block = meter.phase if meter else (lambda: contextlib.nullcontext(SimpleNamespace()))
     prompts = [prompt_ids(tok, example, "finqa", "warm")]
-    with block() as m, train.autocast(targs):
+    with block() as m, train.autocast(args.device, args.precision):
         groups = rollout.generate(model, prompts, args.M, tokens, budget)
+        rollout.release_buffers(model)  # as train.rollouts does
     phases["generate"] = m
-    stats = {}
-    with block() as m, train.autocast(targs):
-        coef_z, coef_y = train.sequence_coefficients(targs, 0.75, groups, [example], tok, model, tokens, stats)
+    with block() as m, train.autocast(args.device, args.precision):
+        train.attach_gold_answers(groups, [example], tok)
+        log_w = log_weights(model, [s for g in groups for s in g], tokens, args.micro_batch).view(1, args.M).double()
+        score_coef, path_coef = garl_coefficients(log_w, 0.75)  # [1, M] each
     phases["weight pass"] = m
     # Gradients are zeroed in place, not freed: the estimate's steady state, where they are alive in every
     # phase (train.py frees them just before this pass, so its first micro-batch runs without them).
     optimizer.zero_grad(set_to_none=False)
     with block() as m:
-        train.gradient_pass(targs, model, groups, coef_z, coef_y, tokens, stats)
+        train.gradient_pass(model, groups, score_coef, path_coef, tokens, args.micro_batch, args.precision)
     phases["gradient pass"] = m
     with block() as m:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)

@@ -125,7 +125,9 @@ def test_paper_setup_fits_an_80gb_gpu_and_generation_is_its_peak():
     plan = paper_plan()
     assert plan.peak_phase == "generate"
     kv = plan.phases["generate"]["KV cache"]
-    assert kv == 32 * (1800 + 4097) * 28 * 2 * 8 * 128 * 2  # rows x tokens x layers x (k, v) x heads x dim x bf16
+    capacity = 6144 + 1  # 1800 + 4097 = 5897 positions, rounded up to rollout.decode_fast's 256-position bucket, + 1 spare
+    assert kv == 32 * capacity * 28 * 2 * 8 * 128 * 2 + 2 * 32 * 151936 * 4  # rows x positions x layers x (k, v)
+    # x heads x dim x bf16, and the fp32 [rows, V] logits and sampling noise
     assert memory.check_fits(plan, 80 * GB).ok
     assert not memory.check_fits(plan, 24 * GB).ok
 
