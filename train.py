@@ -38,7 +38,7 @@ from grpo import grpo_coefficients
 from logprobs import log_weights, sequence_logprobs
 from models import describe, load_model
 from paft import paft_coefficients
-from prompts import gold_ids, prompt_ids
+from prompts import gold_ids, prompt_ids, user_message
 from qlog import check_q, log_mean_exp, q_loss_of_log
 from rollout import PAPER_THINK_BUDGETS, Tokens, generate, release_buffers
 
@@ -137,6 +137,8 @@ def parse_args(argv=None):
     a("--seed", type=int, default=0, help="seed for data order, sampling and resampling")
     a("--out", default=None, help="run directory (default runs/<task>-<estimator>-q<q>-<start>)")
     a("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    a("--plan", action="store_true", help="print the memory the run needs, phase by phase (memory.py), against the "
+      "device's, and exit before any model loads")
     args = p.parse_args(argv)
 
     args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -193,7 +195,7 @@ def check_args(p, args):
     out = Path(args.out)
     if args.resume and not (out / "latest").exists():
         p.error(f"--resume: {out} has no checkpoint to resume (no {out / 'latest'})")
-    if not args.resume and (out / "run_config.json").exists():
+    if not args.resume and not args.plan and (out / "run_config.json").exists():
         p.error(f"--out {out} already holds a run; pass --resume to continue it, or choose another --out")
     if args.resume:
         saved = json.loads((out / "run_config.json").read_text())
@@ -398,6 +400,29 @@ def validation_cost(args, n_val: int) -> str:
             f"the run's decoding steps, {val_tokens / (val_tokens + train_tokens):.0%} of its generated tokens")
 
 
+def memory_plan(args, examples) -> tuple[str, "memory.Fit"]:
+    """The memory this run will need (memory.py's estimate), computed before any weights load.
+
+    Returns (the table, the fit against the device). The model's shape comes from its config alone; the
+    longest prompt from its characters (Project choice: 3.5 characters per token, below what SmolLM2's and
+    Qwen3's tokenizers average on these datasets, so that the estimate errs high), and "</think>" is
+    counted as 8 tokens, its longest spelling (the byte-level tiny tokenizer's).
+    """
+    import memory
+    config = memory.config_for(args.model)
+    longest = max(len(user_message(ex, args.task, args.start)) for ex in examples)
+    prompt = math.ceil(longest / 3.5) + 32  # + the chat template's tokens around the user turn
+    think = args.think_budget + 8
+    plan = memory.estimate(
+        config, M=args.M, gen_questions=args.gen_batch or args.prompts_per_step, prompt_tokens=prompt,
+        max_new_tokens=think + (args.answer_budget if args.estimator == "grpo" else 0), micro_batch=args.micro_batch,
+        seq_tokens=prompt + think + args.answer_budget, grad_ckpt=args.grad_ckpt, precision=args.precision,
+        optimizer=args.optimizer, device=args.device, val_questions=args.eval_batch, eval_n=args.eval_n,
+        val_max_new_tokens=think + args.answer_budget)
+    name, total = memory.device_memory(args.device)
+    return memory.format_plan(plan, name, total), memory.check_fits(plan, total)
+
+
 def validate(args, model, tokenizer, val, step):
     """Validation p@1 / p@n / maj@n, under its own fixed seed so that it never shifts training's RNG."""
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if args.device == "cuda" else []):
@@ -419,6 +444,15 @@ def main(argv=None):
     print(f"data: {len(train_examples)} training and {len(val_examples)} validation questions "
           f"({args.task}, {args.start} start)")
     print(validation_cost(args, len(val_examples)))
+    table, fit = memory_plan(args, train_examples + val_examples)
+    if args.plan:
+        print(table)
+        print("fits" if fit.ok else f"does not fit: {fit.message}")
+        return None
+    print(f"memory: peak ~{fit.peak / 1e9:.1f} GB ({fit.phase}) of {fit.budget / 1e9:.1f} GB usable "
+          "(--plan prints the breakdown)")
+    if not fit.ok:  # refused before the (slow) model load, with the flag to change
+        raise SystemExit(f"train.py: does not fit: {fit.message} (--plan prints the breakdown)")
     torch.manual_seed(args.seed)
     transformers_logging.disable_progress_bar()  # one progress bar, ours: none for loading or saving weights
     model, tokenizer = load_model(os.path.realpath(Path(args.out) / "latest") if args.resume else args.model,

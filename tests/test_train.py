@@ -196,3 +196,19 @@ def test_no_network_and_no_data_file_is_a_message_not_a_traceback(tmp_path, monk
         train.main(["--model", "tiny", "--task", "hotpotqa", "--data", "hub", "--out", str(tmp_path / "x")])
     message = str(exit_info.value.code)
     assert message.startswith("train.py: ") and "--data FILE" in message and "--val-data" in message
+
+
+def test_plan_prints_the_memory_and_loads_no_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert train.main(FAST + ["--out", str(tmp_path / "x"), "--plan"]) is None
+    out = capsys.readouterr().out
+    assert "**peak (" in out and "| generate |" in out and out.rstrip().endswith("fits")
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_run_that_cannot_fit_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(SystemExit) as exit_info:  # ~10 TB of KV cache: 2 questions x 100k rows x 100k tokens
+        train.main(FAST + ["--out", str(tmp_path / "x"), "--M", "100000", "--think-budget", "100000"])
+    message = str(exit_info.value.code)
+    assert "does not fit" in message and "--" in message.split("does not fit", 1)[1]
