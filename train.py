@@ -403,15 +403,14 @@ def validation_cost(args, n_val: int) -> str:
 def memory_plan(args, examples) -> tuple[str, "memory.Fit"]:
     """The memory this run will need (memory.py's estimate), computed before any weights load.
 
-    Returns (the table, the fit against the device). The model's shape comes from its config alone; the
-    longest prompt from its characters (Project choice: 3.5 characters per token, below what SmolLM2's and
-    Qwen3's tokenizers average on these datasets, so that the estimate errs high), and "</think>" is
-    counted as 8 tokens, its longest spelling (the byte-level tiny tokenizer's).
+    Returns (the table, the fit against the device). The model's shape comes from its config alone, the
+    longest prompt's tokens from its characters (memory.prompt_tokens_of), and "</think>" is counted as
+    8 tokens, its longest spelling (the byte-level tiny tokenizer's).
     """
     import memory
     config = memory.config_for(args.model)
-    longest = max(len(user_message(ex, args.task, args.start)) for ex in examples)
-    prompt = math.ceil(longest / 3.5) + 32  # + the chat template's tokens around the user turn
+    prompt = max(memory.prompt_tokens_of(user_message(ex, args.task, args.start)) for ex in examples)
+    prompt += 32  # the chat template's tokens around the user turn
     think = args.think_budget + 8
     plan = memory.estimate(
         config, M=args.M, gen_questions=args.gen_batch or args.prompts_per_step, prompt_tokens=prompt,
