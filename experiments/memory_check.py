@@ -47,13 +47,12 @@ import memory
 import models
 import rollout
 import train
+from experiments.bench import FILLER  # the same synthetic FinQA-like text
 from garl import garl_coefficients
 from logprobs import log_weights
 from prompts import gold_ids, prompt_ids
 
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TOP_PAD_": "0"}
-FILLER = ("The company reported revenue of 4,120 million dollars, up 7 percent, while operating costs rose "
-          "to 3,310 million. The table lists each segment's sales, margins and capital spending by year. ")
 
 
 def parse_args(argv=None):
