@@ -123,12 +123,12 @@ def format_string(tokenizer, key: str, rationale: str, answer: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ base model
-def pretrain_base(tokenizer, n_keys: int, steps: int, seed: int = 0, batch: int = 32, lr: float = 6e-3,
-                  warmup: int = 50, hidden: int = 64, layers: int = 2):
-    """The tiny model, language-modelled on "<prompt(key)>r</think>\\n\\nr" with r 2 random characters.
+def pretrain(tokenizer, draw, steps: int, seed: int = 0, batch: int = 32, lr: float = 6e-3, warmup: int = 50,
+             hidden: int = 64, layers: int = 2):
+    """The tiny model, language-modelled on format strings: draw(rng) -> (key, rationale, answer) makes each one.
 
-    r is drawn independently of the key (never the gold code on purpose): the model learns to write a
-    uniformly random 2-character guess and to copy it into its answer, not which code goes with a key.
+    AdamW, lr warmed up linearly over `warmup` steps then decayed linearly to 0; a batch of `batch` strings.
+    Example: draw = lambda rng: ("red", "q7", "q7") would teach one string; the experiments draw at random.
     """
     rng = random.Random(seed + 12345)
     model = models.build_tiny_model(tokenizer, seed=seed, hidden=hidden, layers=layers)
@@ -137,11 +137,8 @@ def pretrain_base(tokenizer, n_keys: int, steps: int, seed: int = 0, batch: int 
     for step in range(steps):
         for group in opt.param_groups:  # linear warmup, then linear decay to 0
             group["lr"] = lr * min(1.0, (step + 1) / warmup) * (1 - step / steps)
-        seqs = []
-        for _ in range(batch):
-            r = "".join(rng.choice(ALPHABET) for _ in range(CODE_LEN))
-            text = format_string(tokenizer, rng.choice(KEYS[:n_keys]), r, r)
-            seqs.append(tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id])
+        seqs = [tokenizer(format_string(tokenizer, *draw(rng)), add_special_tokens=False).input_ids
+                + [tokenizer.eos_token_id] for _ in range(batch)]
         T = max(len(s) for s in seqs)
         ids = torch.tensor([s + [tokenizer.pad_token_id] * (T - len(s)) for s in seqs])  # [batch, T]
         mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs])  # [batch, T]
@@ -150,6 +147,23 @@ def pretrain_base(tokenizer, n_keys: int, steps: int, seed: int = 0, batch: int 
         loss.backward()
         opt.step()
     return model.eval()
+
+
+def random_rationale(rng) -> str:
+    return "".join(rng.choice(ALPHABET) for _ in range(CODE_LEN))
+
+
+def pretrain_base(tokenizer, n_keys: int, steps: int, seed: int = 0, **kw):
+    """The demo's base model: pretrain() on "<prompt(key)>r</think>\n\nr" with r 2 random characters.
+
+    r is drawn independently of the key (never the gold code on purpose): the model learns to write a
+    uniformly random 2-character guess and to copy it into its answer, not which code goes with a key.
+    """
+    def draw(rng):
+        r = random_rationale(rng)  # r first, then the key: the draw order fixes the base model
+        return rng.choice(KEYS[:n_keys]), r, r
+
+    return pretrain(tokenizer, draw, steps, seed, **kw)
 
 
 @torch.no_grad()
