@@ -1,7 +1,7 @@
 r"""The trade-off, end to end on a CPU: escape speed against noise memorization, and amplification under AdamW.
 
     python experiments/tradeoff.py            # everything, ~12 minutes on 2 cores (2 worker processes, 1 thread each)
-    python experiments/tradeoff.py --quick    # 1 seed, short runs: a look in ~1 minute, not the reported numbers
+    python experiments/tradeoff.py --quick    # 1 seed, short runs: a look in ~2 minutes, not the reported numbers
     python experiments/tradeoff.py --replot   # tables and figure again from OUT/tradeoff.json
 
 Choosing q trades two things the paper proves (Sec. 5, App. C; experiments/theory.py computes both):
@@ -12,8 +12,9 @@ Choosing q trades two things the paper proves (Sec. 5, App. C; experiments/theor
 Both are measured here on demo.py's secret-code task (a key -> a 2-character code, tiny model, CPU), every run
 through train.train, the trainer every other run uses. Three parts, one command:
 
-1. Noise (warm start). Four keys; the base model is pretrained until it answers every key's TRUE code
-   (P ~ 1), so nothing has to escape. Training data: per key a fraction eps of the questions carries that
+1. Noise (warm start). Four keys; the base model already answers, so nothing has to escape. Two bases,
+   to approach the minimizer from both sides: one pretrained on every key's TRUE code (contamination
+   ~1e-9: from below), one on the true and the noise code half and half (~0.5: from above). Training data: per key a fraction eps of the questions carries that
    key's NOISE code, a fixed wrong code (a consistent wrong label can be memorized; a random one could
    not). The prompts of a key are identical, so no model can tell a noisy question from a clean one and
    the expected loss is Prop. C.2's  (1-eps) l_q(P(c|x)) + eps l_q(P(c'|x)).  GARL q in {0, 0.25, 0.5,
@@ -23,7 +24,7 @@ through train.train, the trainer every other run uses. Three parts, one command:
 2. Mixed difficulty (cold start). Two keys in one run: an EASY key, whose code the base model already
    thinks (pretraining wrote its code as the rationale EASY_BIAS of the time), p0 ~ 0.1, and a HARD key
    it does not know, p0 ~ 1/35^2 ~ 8e-4 (demo.py's situation). GARL q in {0, 0.25, 0.5, 0.75, 1} and PAFT
-   q in {0.75, 1}, under AdamW and SGD (demo.py's learning rates), SEEDS seeds. Measured per key: P every
+   q in {0.75, 1}, under AdamW and SGD (demo.py's learning rates), 6 seeds. Measured per key: P every
    few steps (the escape step: first P >= 0.5), and under AdamW how large a step Adam gives each key's
    gradient (adam_probe): what the second-moment estimate holds while the easy key dominates.
 3. The trade-off figure: per q, the hard key's steps to escape against the contamination.
@@ -41,6 +42,7 @@ import io
 import json
 import math
 import multiprocessing
+import random
 import shutil
 import statistics
 import sys
@@ -63,13 +65,14 @@ from prompts import gold_ids
 from qlog import log_mean_exp, q_loss_of_log
 
 ESCAPE = demo.ESCAPE  # a key has escaped at the first measured step with P >= 0.5
-COLLAPSE = 1e-2  # Project choice: a key "collapsed" if it ends below COLLAPSE * p0 (two decades under its start)
+outcome = demo.outcome  # a key at the end: solved, stall or collapse (P < demo.COLLAPSE * p0)
+# Project choices (the paper runs no such experiment): the task's size and the noise levels.
 NOISE_KEYS = demo.KEYS[:4]
 NOISE_EPS = (0.1, 0.25)
 NOISE_QS = (0.0, 0.25, 0.5, 0.75, 1.0)
 PER_KEY = 40  # training questions per key in the noise task: eps * 40 is a whole number for both eps
 EASY, HARD = demo.KEYS[:2]  # the mixed-difficulty task's two keys, codes from demo.make_task (red z1, blue dr)
-EASY_BIAS = 0.1  # pretraining of the mixed base: the easy key's rationale is its code this often
+EASY_BIAS = 0.1  # pretraining of the mixed base: the easy key's rationale is its code this often (p0 ~ 0.1)
 # (name, estimator, q): GARL at every q of the noise experiment (so that the trade-off figure has both
 # coordinates for each q) and PAFT at the two q where it escaped in demo.py.
 MIXED_METHODS = [("GARL q=0", "garl", 0.0), ("GARL q=0.25", "garl", 0.25), ("GARL q=0.5", "garl", 0.5),
@@ -84,7 +87,6 @@ DATA_FLAG = str(REPO / "samples" / "hotpotqa_dev_distractor_sample.json")
 # ------------------------------------------------------------------------------------------------ tasks
 def noise_codes(seed: int = 0) -> tuple[dict, dict]:
     """({key: true code}, {key: noise code}) for NOISE_KEYS, all distinct. Deterministic in seed."""
-    import random
     rng, used = random.Random(seed), set()
     pick = []
     while len(pick) < 2 * len(NOISE_KEYS):
@@ -267,12 +269,11 @@ def run_job(job: dict) -> dict:
         trace.append(point)
     seconds = time.perf_counter() - t
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    curve_key = "w_bar_mean"
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # ~1 MB per run; metrics.jsonl and run_config.json stay
     for link in ("latest", "best"):
         (out / link).unlink(missing_ok=True)
     return {"experiment": job["experiment"], "base": job["base"], "method": name, "q": q, "optimizer": job["optimizer"],
-            "seed": job["seed"], "eps": job.get("eps"), "trace": trace, "curve": [r[curve_key] for r in rows],
+            "seed": job["seed"], "eps": job.get("eps"), "trace": trace, "curve": [r["w_bar_mean"] for r in rows],
             "grad_norm": [r["grad_norm"] for r in rows], "seconds": seconds, "steps": job["stops"][-1]}
 
 
@@ -320,11 +321,6 @@ def contamination(p: list[float]) -> float:
 def escape_steps(run: dict) -> dict:
     """{key: first measured step with P >= ESCAPE, or None}."""
     return {k: next((pt["step"] for pt in run["trace"] if pt["P"][k][0] >= ESCAPE), None) for k in run["trace"][0]["P"]}
-
-
-def outcome(p_end: float, p0: float) -> str:
-    """solved (P >= 0.5), collapse (P < COLLAPSE * p0: the run pushed it far below where it started), or stall."""
-    return "solved" if p_end >= ESCAPE else "collapse" if p_end < COLLAPSE * p0 else "stall"
 
 
 def geo_odds(run: dict, window: int) -> tuple[float, dict]:
@@ -397,7 +393,7 @@ def tables(noise_rows: list[dict], mixed_rows: list[dict], window_steps: list) -
                      f"{', '.join(f'{m:.2g}' for m in r['measured'])} | {r['median']:.2g} | "
                      f"{', '.join(f'{m:.2g}' for m in r['window_first'])} | {r['rest_mass']:.1g} |")
     lines += ["", "Mixed difficulty: steps to escape (first measured step with P >= 0.5) per seed; '-': not within "
-              "the run; outcome at the end: s = solved, t = stall, c = collapse (P < 1e-2 p0)", "",
+              f"the run; outcome at the end: s = solved, t = stall, c = collapse (P < {demo.COLLAPSE:g} p0)", "",
               "| optimizer | method | easy: escape per seed | easy escaped | hard: escape per seed | hard escaped | "
               "hard median | hard outcomes | easy outcomes |", "|---|---|---|---|---|---|---|---|---|"]
     for r in mixed_rows:
@@ -662,7 +658,7 @@ def main(argv=None):
     mixed_runs = [r for r in runs if r["experiment"] == "mixed"]
     noise_runs = [r for r in runs if r["experiment"] == "noise"]
     result = {"settings": {"mixed": mixed_cfg, "noise": noise_cfg, "stops": stops, "workers": args.workers,
-                           "escape_threshold": ESCAPE, "collapse_factor": COLLAPSE},
+                           "escape_threshold": ESCAPE, "collapse_factor": demo.COLLAPSE},
               "codes": codes, "noise_codes": {"true": true, "noise": noise}, "p0": p0,
               "base_mixed": {k: v for k, v in base_mixed.items()}, "base_noise": base_noise,
               "pretrain_seconds": {k: v["seconds"] for k, v in bases.items()},
