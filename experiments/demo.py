@@ -1,6 +1,6 @@
 r"""Cold start on a CPU: does GARL/PAFT escape where GRPO stalls? A synthetic task, the real trainer.
 
-    python experiments/demo.py                      # the full demo (6-7 minutes on 2 CPU cores, 1 thread)
+    python experiments/demo.py                      # the full demo, 6 seeds (~13 minutes on one CPU core, 1 thread)
     python experiments/demo.py --quick              # 1 seed, 30 steps: about 80 seconds
 
 The task ("secret codes"). Each question names a key (a colour word) and the gold answer is that
@@ -36,7 +36,7 @@ P with rationales sampled for another key's prompt (~P if the answer ignores the
 
 Training goes through train.train, the trainer every other run uses (same rollouts, estimators,
 accumulation, clipping, evaluation): GRPO, GARL q in {0, 0.5, 0.75, 1}, GARL q=1 with the pathwise
-term off, PAFT q in {0.75, 1}; each with AdamW and with plain SGD; 3 seeds. The seed changes the data
+term off, PAFT q in {0.75, 1}; each with AdamW and with plain SGD; 6 seeds. The seed changes the data
 order and the sampling; the base model is the same for every run (as the paper starts every run from
 one Qwen3-0.6B).
 
@@ -93,6 +93,9 @@ METHODS = [("GRPO", "grpo", 0.0, False), ("GARL q=0", "garl", 0.0, False), ("GAR
 #   SGD   0.01 / 0.03 / 0.1  / 0.3:  escape at step 32 / 15 / 28 / 60 (lowest P estimate 5e-6 / 2e-7 / 1e-10 / 2e-17)
 LR = {"adamw": 3e-3, "sgd": 0.03}
 ESCAPE = 0.5  # escape = the step whose rollouts first estimate P >= 0.5 (w_bar_mean; GRPO: reward_mean)
+# Project choice: at the end, a key whose P (measure) is below COLLAPSE * its p0 "collapsed": training pushed it
+# two decades below where it started. Not solved (P < 0.5) and not collapsed is a "stall".
+COLLAPSE = 1e-2
 
 
 # ------------------------------------------------------------------------------------------------ task
@@ -123,12 +126,12 @@ def format_string(tokenizer, key: str, rationale: str, answer: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ base model
-def pretrain_base(tokenizer, n_keys: int, steps: int, seed: int = 0, batch: int = 32, lr: float = 6e-3,
-                  warmup: int = 50, hidden: int = 64, layers: int = 2):
-    """The tiny model, language-modelled on "<prompt(key)>r</think>\\n\\nr" with r 2 random characters.
+def pretrain(tokenizer, draw, steps: int, seed: int = 0, batch: int = 32, lr: float = 6e-3, warmup: int = 50,
+             hidden: int = 64, layers: int = 2):
+    """The tiny model, language-modelled on format strings: draw(rng) -> (key, rationale, answer) makes each one.
 
-    r is drawn independently of the key (never the gold code on purpose): the model learns to write a
-    uniformly random 2-character guess and to copy it into its answer, not which code goes with a key.
+    AdamW, lr warmed up linearly over `warmup` steps then decayed linearly to 0; a batch of `batch` strings.
+    Example: draw = lambda rng: ("red", "q7", "q7") would teach one string; the experiments draw at random.
     """
     rng = random.Random(seed + 12345)
     model = models.build_tiny_model(tokenizer, seed=seed, hidden=hidden, layers=layers)
@@ -137,11 +140,8 @@ def pretrain_base(tokenizer, n_keys: int, steps: int, seed: int = 0, batch: int 
     for step in range(steps):
         for group in opt.param_groups:  # linear warmup, then linear decay to 0
             group["lr"] = lr * min(1.0, (step + 1) / warmup) * (1 - step / steps)
-        seqs = []
-        for _ in range(batch):
-            r = "".join(rng.choice(ALPHABET) for _ in range(CODE_LEN))
-            text = format_string(tokenizer, rng.choice(KEYS[:n_keys]), r, r)
-            seqs.append(tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id])
+        seqs = [tokenizer(format_string(tokenizer, *draw(rng)), add_special_tokens=False).input_ids
+                + [tokenizer.eos_token_id] for _ in range(batch)]
         T = max(len(s) for s in seqs)
         ids = torch.tensor([s + [tokenizer.pad_token_id] * (T - len(s)) for s in seqs])  # [batch, T]
         mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs])  # [batch, T]
@@ -150,6 +150,23 @@ def pretrain_base(tokenizer, n_keys: int, steps: int, seed: int = 0, batch: int 
         loss.backward()
         opt.step()
     return model.eval()
+
+
+def random_rationale(rng) -> str:
+    return "".join(rng.choice(ALPHABET) for _ in range(CODE_LEN))
+
+
+def pretrain_base(tokenizer, n_keys: int, steps: int, seed: int = 0, **kw):
+    """The demo's base model: pretrain() on "<prompt(key)>r</think>\n\nr" with r 2 random characters.
+
+    r is drawn independently of the key (never the gold code on purpose): the model learns to write a
+    uniformly random 2-character guess and to copy it into its answer, not which code goes with a key.
+    """
+    def draw(rng):
+        r = random_rationale(rng)  # r first, then the key: the draw order fixes the base model
+        return rng.choice(KEYS[:n_keys]), r, r
+
+    return pretrain(tokenizer, draw, steps, seed, **kw)
 
 
 @torch.no_grad()
@@ -238,8 +255,18 @@ def reads_rationale(key_end: dict) -> bool:
     return key_end["P_swapped"] < key_end["P"] / 2
 
 
-def summarize(runs: list[dict]) -> list[dict]:
-    """Per method x optimizer: median steps to escape over seeds (a non-escape counts as infinity), means."""
+def outcome(p_end: float, p0: float) -> str:
+    """A key at the end of a run: solved (P >= ESCAPE), collapse (P < COLLAPSE * p0), or stall (neither).
+
+    >>> outcome(0.9, 7.5e-4), outcome(3e-4, 7.5e-4), outcome(1e-9, 7.5e-4)
+    ('solved', 'stall', 'collapse')
+    """
+    return "solved" if p_end >= ESCAPE else "collapse" if p_end < COLLAPSE * p0 else "stall"
+
+
+def summarize(runs: list[dict], p0: dict) -> list[dict]:
+    """Per method x optimizer: median steps to escape over seeds (a non-escape counts as infinity), means, and
+    per (run, key) pair the outcome at the end against that key's p0 ({key: P of the base model})."""
     rows = []
     for optimizer in ("adamw", "sgd"):
         for name, *_ in METHODS:
@@ -249,6 +276,7 @@ def summarize(runs: list[dict]) -> list[dict]:
             esc = sorted(math.inf if r["escape_step"] is None else r["escape_step"] for r in mine)
             med = statistics.median(esc)
             solved = [k for r in mine for k in r["end_per_key"].values() if k["P"] >= ESCAPE]  # (run, key) pairs
+            outcomes = [[outcome(v["P"], p0[key]) for key, v in r["end_per_key"].items()] for r in mine]
             rows.append({"method": name, "optimizer": optimizer, "escape_steps": [r["escape_step"] for r in mine],
                          "median_escape_step": None if math.isinf(med) else med,
                          "escaped": sum(not math.isinf(e) for e in esc), "seeds": len(mine),
@@ -256,18 +284,22 @@ def summarize(runs: list[dict]) -> list[dict]:
                             for k in ("final_val_p@1", "final_val_em@1", "final_p_estimate")},
                          "end": {k: statistics.mean(r["end"][k] for r in mine) for k in ROUTE},
                          "solved_keys": len(solved),
-                         "solved_via_rationale": sum(reads_rationale(k) for k in solved)})
+                         "solved_via_rationale": sum(reads_rationale(k) for k in solved),
+                         "outcomes": outcomes,  # per seed, per key
+                         **{f"{o}_keys": sum(x == o for row in outcomes for x in row)
+                            for o in ("solved", "stall", "collapse")}})
     return rows
 
 
 def print_table(summary: list[dict], steps: int) -> str:
     """Two markdown tables: the escape (training curves, validation), and the route (the trained models)."""
-    lines = ["| method | optimizer | steps to escape, median (per seed) | escaped | final val p@1 (%) "
-             "| final val EM (%) | final P |", "|---|---|---|---|---|---|---|"]
+    lines = ["| method | optimizer | steps to escape, median (per seed) | escaped | keys solved / stalled / "
+             "collapsed | final val p@1 (%) | final val EM (%) | final P |", "|---|---|---|---|---|---|---|---|"]
     for r in summary:
         med = "no escape" if r["median_escape_step"] is None else f"{r['median_escape_step']:g}"
         per = ", ".join("-" if e is None else str(e) for e in r["escape_steps"])
         lines.append(f"| {r['method']} | {r['optimizer']} | {med} ({per}) | {r['escaped']}/{r['seeds']} | "
+                     f"{r['solved_keys']} / {r['stall_keys']} / {r['collapse_keys']} | "
                      f"{r['final_val_p@1']:.1f} | {r['final_val_em@1']:.1f} | {r['end']['P']:.2g} |")
     lines += ["", "| method | optimizer | p(z = code) | p(y* given z = code) | p(y* given a wrong z) | P "
               "| P, other key's rationales | p(copy) | keys solved (P >= 0.5): answer reads the rationale |",
@@ -279,7 +311,8 @@ def print_table(summary: list[dict], steps: int) -> str:
                      f"{e['P_swapped']:.2g} | {e['copy']:.2g} | {r['solved_via_rationale']} of {r['solved_keys']} |")
     table = "\n".join(lines)
     print(table + f"\n('-': P estimate never reached {ESCAPE} within {steps} steps. P, p(...): the trained models' "
-          f"values (measure), mean over keys and seeds)")
+          f"values (measure), mean over keys and seeds. Keys: (run, key) pairs at the end: solved P >= {ESCAPE}, "
+          f"collapsed P < {COLLAPSE:g} x that key's p0, stalled otherwise)")
     return table
 
 
@@ -349,7 +382,7 @@ def copy_figure(png: Path, skip: bool):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="output folder: demo.json, demo.png and one folder per run")
-    p.add_argument("--seeds", type=int, default=3, help="training seeds per method and optimizer")
+    p.add_argument("--seeds", type=int, default=6, help="training seeds per method and optimizer")
     p.add_argument("--steps", type=int, default=120, help="optimizer steps per run (the same for every method)")
     p.add_argument("--quick", action="store_true", help="1 seed, 30 steps: a fast look, not the reported numbers")
     p.add_argument("--methods", default="all", help="comma-separated method names to run (default: all eight)")
@@ -361,7 +394,8 @@ def parse_args(argv=None):
     p.add_argument("--think-budget", type=int, default=2, help="thinking tokens before '</think>' is forced")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this tiny model)")
     p.add_argument("--no-figure-copy", action="store_true", help="do not copy demo.png to docs/figures/demo.png")
-    p.add_argument("--replot", action="store_true", help="only redraw OUT/demo.png from OUT/demo.json")
+    p.add_argument("--replot", action="store_true",
+                   help="no training: recompute the summary and tables from OUT/demo.json's runs, redraw OUT/demo.png")
     p.add_argument("--pilot", action="store_true", help="instead of the demo: the learning-rate pilot behind LR")
     args = p.parse_args(argv)
     unknown = set(args.methods.split(",")) - {m[0] for m in METHODS} - {"all"}
@@ -376,6 +410,9 @@ def main(argv=None):
     args = parse_args(argv)
     if args.replot:
         saved = json.loads((Path(args.out) / "demo.json").read_text())
+        saved["summary"] = summarize(saved["runs"], {k: v["P"] for k, v in saved["base"]["per_key"].items()})
+        saved["table_markdown"] = print_table(saved["summary"], saved["settings"]["steps"])
+        (Path(args.out) / "demo.json").write_text(json.dumps(saved, indent=1))
         if plot(saved["runs"], saved["settings"], saved["base"]["P"], Path(args.out) / "demo.png"):
             copy_figure(Path(args.out) / "demo.png", args.no_figure_copy)
         return saved
@@ -430,7 +467,7 @@ def main(argv=None):
                       f"{e['p_y_wrong_rationale']:.2g}, val EM {r['final_val_em@1']:5.1f}  ({r['seconds']:.1f}s)  "
                       f"[{time.perf_counter() - t0:.0f}s]")
 
-    summary = summarize(runs)
+    summary = summarize(runs, {k: v["P"] for k, v in b["per_key"].items()})
     table = print_table(summary, args.steps)
     cfg["wall_seconds"] = time.perf_counter() - t0
     result = {"settings": cfg, "codes": task[0], "base": b, "methods": [m[0] for m in chosen], "runs": runs,

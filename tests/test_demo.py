@@ -88,18 +88,24 @@ def test_copy_measurement_matches_a_direct_forward(base):
     assert m["p_code_rationale"] == pytest.approx(p_z, rel=1e-4)
 
 
-def test_summary_median_counts_a_stall_as_infinity():
+def test_summary_median_counts_a_stall_as_infinity_and_classifies_each_key():
     end = {k: 0.5 for k in demo.ROUTE} | {"P": 0.5, "P_swapped": 0.3}
     per_key = {"red": end | {"P": 0.9, "P_swapped": 0.1}, "blue": end | {"P": 0.1, "P_swapped": 0.5}}
     scores = {"final_val_p@1": 50.0, "final_val_em@1": 50.0, "final_p_estimate": 0.5, "end": end,
               "end_per_key": per_key}
+    collapsed = {"red": end | {"P": 1e-9}, "blue": end | {"P": 2e-4}}  # 1e-9 < 1e-2 p0; 2e-4 is a stall
     runs = [{"method": "GRPO", "optimizer": "sgd", "escape_step": e, **scores} for e in (10, None, 30)]
-    runs += [{"method": "GARL q=1", "optimizer": "sgd", "escape_step": e, **scores} for e in (None, None, 5)]
-    rows = {r["method"]: r for r in demo.summarize(runs)}
+    runs += [{"method": "GARL q=1", "optimizer": "sgd", "escape_step": e, **scores} for e in (None, None)]
+    runs += [{"method": "GARL q=1", "optimizer": "sgd", "escape_step": 5, **scores, "end_per_key": collapsed}]
+    rows = {r["method"]: r for r in demo.summarize(runs, {"red": 7.5e-4, "blue": 7.5e-4})}
     assert rows["GRPO"]["median_escape_step"] == 30 and rows["GRPO"]["escaped"] == 2
     assert rows["GARL q=1"]["median_escape_step"] is None and rows["GARL q=1"]["escaped"] == 1
     # Counted per (run, key): only "red" is solved (P >= 0.5), and its answer reads the rationale.
     assert rows["GRPO"]["solved_keys"] == rows["GRPO"]["solved_via_rationale"] == 3
+    assert (rows["GRPO"]["solved_keys"], rows["GRPO"]["stall_keys"], rows["GRPO"]["collapse_keys"]) == (3, 3, 0)
+    assert rows["GARL q=1"]["outcomes"][2] == ["collapse", "stall"]
+    assert (rows["GARL q=1"]["solved_keys"], rows["GARL q=1"]["stall_keys"], rows["GARL q=1"]["collapse_keys"]) == (2, 3, 1)
+    assert [demo.outcome(p, 1e-3) for p in (0.5, 0.49, 1e-5, 0.99e-5)] == ["solved", "stall", "stall", "collapse"]
 
 
 def test_two_step_smoke_run_writes_the_json(tmp_path, capsys):
@@ -124,6 +130,11 @@ def test_two_step_smoke_run_writes_the_json(tmp_path, capsys):
     assert saved["settings"]["lr"] == demo.LR and saved["settings"]["think_budget"] == 2
     assert 0 < saved["base"]["P"] and {"copy", "p_code_rationale", "P_swapped"} <= set(saved["base"])
     assert saved["table_markdown"].count("| GRPO |") == 4  # two tables, two optimizers
+    for row in saved["summary"]:
+        assert row["solved_keys"] + row["stall_keys"] + row["collapse_keys"] == 2 * row["seeds"]
+    # --replot recomputes the summary and the tables from the saved runs, without training
+    replot = demo.main(["--out", str(tmp_path), "--replot", "--no-figure-copy"])
+    assert replot["summary"] == saved["summary"] and replot["table_markdown"] == saved["table_markdown"]
     try:
         import matplotlib  # noqa: F401
         assert (tmp_path / "demo.png").is_file()
