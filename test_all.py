@@ -397,10 +397,10 @@ def test_ci_runs_the_readmes_test_command():
     assert test_command in (root / ".ci" / "run").read_text().splitlines()
 
 
-def test_readme_shows_the_prompts_prompts_py_builds():
+def test_docs_show_the_prompts_prompts_py_builds():
     from prompts import user_message
-    readme = (Path(__file__).parent / "README.md").read_text()
-    shown = re.findall(r"```text\n(.*?)\n```", readme.split("### Prompts", 1)[1], re.S)
+    doc = (Path(__file__).parent / "docs" / "data.md").read_text()
+    shown = re.findall(r"```text\n(.*?)\n```", doc.split("## Prompts", 1)[1], re.S)
     context = ("Rush: Rush is a Canadian rock band.\n\n"
                "Counterparts (album): Counterparts is the fifteenth studio album by Rush.")
     example = {"question": 'Which Canadian rock band released a song called "Counterparts"?', "context": context}
