@@ -7,7 +7,7 @@
         --micro-batch 4 --precision bf16 --grad-ckpt                     # CUDA (gpu_check.py runs this)
 
 One step with train.py's own functions, in its order: rollout.generate (M rationales per question),
-train.sequence_coefficients (the weight pass, log_weights), train.gradient_pass, clip + optimizer step,
+train.attach_gold_answers + logprobs.log_weights (the weight pass), train.gradient_pass, clip + optimizer step,
 after a short warm-up step that creates the gradients and the AdamW state (the estimate's steady
 state: train.py keeps a step's gradients until the next gradient pass). Each phase's peak is measured:
 
