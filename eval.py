@@ -28,7 +28,7 @@ from tqdm import tqdm
 import rewards
 from data import TASKS, load_examples
 from prompts import prompt_ids
-from rollout import PAPER_THINK_BUDGETS, Tokens, generate, release_buffers
+from rollout import PAPER_THINK_BUDGETS, SpecialTokens, generate, release_buffers
 
 # Project choice: the paper publishes no sampling settings; these are Qwen3's recommended settings
 # for thinking mode. Training samples at temperature 1 instead (on-policy, see train.py).
@@ -72,7 +72,7 @@ def evaluate(model, tokenizer, examples: list[dict], task: str, start: str, n: i
 
     Metric names use n: with n = 16, "p@16" and "maj@16", as in the paper.
     """
-    tokens = Tokens.of(tokenizer, model.generation_config)
+    tokens = SpecialTokens.of(tokenizer, model.generation_config)
     totals, predictions, forced = {}, [], 0
     bar = tqdm(total=len(examples), desc="eval", disable=not progress, leave=False, file=sys.stdout)
     for i in range(0, len(examples), prompts_per_call):

@@ -37,11 +37,11 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from rollout import Sample, Tokens, full_attention_only
+from rollout import Sample, SpecialTokens, full_attention_only
 
 
 # ================================================================================== the plain computation
-def plain_sequence_logprobs(model, samples: list[Sample], tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
+def plain_sequence_logprobs(model, samples: list[Sample], tokens: SpecialTokens) -> tuple[torch.Tensor, torch.Tensor]:
     """(logp_z, logp_y), each [N]: every whole sequence through the model, log-softmax at every position.
 
     The definition that sequence_logprobs computes faster. It holds the logits of every position at
@@ -113,7 +113,7 @@ def _check_prompts(samples: list[Sample]):
 # sequence_logprobs and log_weights compute plain_sequence_logprobs's numbers (to fp32 rounding; the
 # same dtypes for the same tokens) without ever holding [N, T, V] logits. At the paper's scale (Qwen3-0.6B,
 # micro-batches of 4k-token sequences, bf16 autocast) this is the path that runs.
-def sequence_logprobs(model, samples: list[Sample], tokens: Tokens, need_z: bool = True,
+def sequence_logprobs(model, samples: list[Sample], tokens: SpecialTokens, need_z: bool = True,
                       chunk_tokens: int = 0, share_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(logp_z, logp_y), each [N]: plain_sequence_logprobs's numbers, with gradient if it is enabled.
 
@@ -126,8 +126,8 @@ def sequence_logprobs(model, samples: list[Sample], tokens: Tokens, need_z: bool
     >>> import models
     >>> tok = models.build_tiny_tokenizer(); model = models.build_tiny_model(tok)
     >>> s = Sample(prompt_ids=[1, 2, 3], z_ids=[4, 5], forced_ids=[], y_ids=[6, tok.eos_token_id])
-    >>> logp_z, logp_y = sequence_logprobs(model, [s, s], Tokens.of(tok))
-    >>> logp_z.shape, bool(torch.allclose(logp_y, plain_sequence_logprobs(model, [s, s], Tokens.of(tok))[1]))
+    >>> logp_z, logp_y = sequence_logprobs(model, [s, s], SpecialTokens.of(tok))
+    >>> logp_z.shape, bool(torch.allclose(logp_y, plain_sequence_logprobs(model, [s, s], SpecialTokens.of(tok))[1]))
     (torch.Size([2]), True)
     """
     _check_prompts(samples)
@@ -147,7 +147,7 @@ def sequence_logprobs(model, samples: list[Sample], tokens: Tokens, need_z: bool
 
 
 @torch.no_grad()
-def log_weights(model, samples: list[Sample], tokens: Tokens, micro_batch: int,
+def log_weights(model, samples: list[Sample], tokens: SpecialTokens, micro_batch: int,
                 share_prompt: bool = True) -> torch.Tensor:
     """log w = log p(y*|x, z) = logp_y for every sample [N], without gradient, in micro-batches.
 
@@ -186,7 +186,7 @@ def _whole_sequence_logprobs(model, samples, tokens, need_z, chunk_tokens):
 # Saves: the output layer on prompt, forced and padding positions (a prompt can be as long as the
 # rationale), and memory: logits are never [N, T, V] (at Qwen3's vocabulary a micro-batch of eight
 # 4k-token sequences would hold 20 GB of fp32 logits), one chunk of [c, V] at a time.
-def _score(model, samples: list[Sample], hidden: torch.Tensor, first: int, tokens: Tokens, need_z: bool,
+def _score(model, samples: list[Sample], hidden: torch.Tensor, first: int, tokens: SpecialTokens, need_z: bool,
            chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(logp_z, logp_y) [n] from hidden states [n, L, H] whose column j is sequence position first + j.
 

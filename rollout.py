@@ -8,14 +8,14 @@ One sample is the token sequence   prompt | z | forced | y   (a `Sample`):
             model's own answer (GRPO, evaluation); EOS included
 
     tok = models.build_tiny_tokenizer(); model = models.build_tiny_model(tok); torch.manual_seed(0)
-    samples = generate(model, [prompt], M=4, tokens=Tokens.of(tok), think_budget=6)   # prompt: token ids
+    samples = generate(model, [prompt], M=4, tokens=SpecialTokens.of(tok), think_budget=6)   # prompt: token ids
     samples[0][2].z_ids       # [177, 35, 170, 49, 95, 88]: six sampled tokens, the budget, then
     samples[0][2].forced_ids  # [260]: "</think>" forced (one token here and in Qwen3's tokenizer)
 (prompt = prompts.prompt_ids(tok, {"question": "Who?", "context": "Rush is a band.", ...}, "hotpotqa", "warm").)
 
 logprobs.py then scores them (logp_z = sum of log p over z's tokens, logp_y = sum over y's tokens).
 
-How to read this file: the data (Sample, Tokens, and the decoding state Rules, Rows), then the plain
+How to read this file: the data (Sample, SpecialTokens, and the decoding state Rules, Rows), then the plain
 decoding loop `decode` (the reference) and the rule it applies at each step (`pick`), then `generate`;
 set apart at the end, the fast path `decode_fast`, which gives the same tokens (tests/test_perf.py
 checks it) and is what `generate` runs by default.
@@ -72,14 +72,14 @@ class Sample:
 
 
 @dataclass
-class Tokens:
+class SpecialTokens:
     """The token ids rollouts need from a tokenizer, worked out once."""
     close_ids: list[int]  # the tokenization of "</think>"
     eos_ids: list[int]  # every token that ends a completion (banned while thinking)
     pad_id: int
 
     @classmethod
-    def of(cls, tokenizer, generation_config=None) -> "Tokens":
+    def of(cls, tokenizer, generation_config=None) -> "SpecialTokens":
         eos = {tokenizer.eos_token_id}
         if generation_config is not None and generation_config.eos_token_id is not None:
             gen_eos = generation_config.eos_token_id
@@ -101,7 +101,7 @@ class Rules:
     top_p: float
 
     @classmethod
-    def of(cls, model, tokens: Tokens, think_budget, answer_budget, temperature, top_p) -> "Rules":
+    def of(cls, model, tokens: SpecialTokens, think_budget, answer_budget, temperature, top_p) -> "Rules":
         if think_budget < 1:
             raise ValueError(f"--think-budget must be >= 1, got {think_budget}")
         if answer_budget is not None and answer_budget < 1:
@@ -241,7 +241,7 @@ def pick(rows: Rows, logits: torch.Tensor, noise: torch.Tensor, rules: Rules) ->
 
 # ------------------------------------------------------------------------------------------------ entry point
 @torch.no_grad()
-def generate(model, prompt_ids: list[list[int]], M: int, tokens: Tokens, think_budget: int,
+def generate(model, prompt_ids: list[list[int]], M: int, tokens: SpecialTokens, think_budget: int,
              answer_budget: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
              fast: bool | None = None, compile: bool | None = None) -> list[list[Sample]]:
     """Sample M rationales (and answers, if answer_budget is set) for each prompt, in one decoding loop.

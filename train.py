@@ -40,7 +40,7 @@ from models import describe, load_model
 from paft import paft_coefficients
 from prompts import gold_ids, prompt_ids, user_message
 from qlog import check_q, log_mean_exp, q_loss_of_log
-from rollout import PAPER_THINK_BUDGETS, Tokens, generate, release_buffers
+from rollout import PAPER_THINK_BUDGETS, SpecialTokens, generate, release_buffers
 
 ROOT = Path(__file__).resolve().parent
 SAMPLE_FILES = {"finqa": ROOT / "samples/finqa_dev_sample.json",
@@ -53,13 +53,13 @@ SAMPLE_FILES = {"finqa": ROOT / "samples/finqa_dev_sample.json",
 #   cpu:   a real 135M model that visibly learns on real HotPotQA rows within minutes on 2 cores.
 PRESETS = {
     "paper": dict(model="Qwen/Qwen3-0.6B", task="finqa", data="hub", M=32, think_budget=None, answer_budget=128,
-                  context_chars=0, steps=200, prompts_per_step=4, micro_batch=4, gen_batch=1, lr=1e-6,
+                  context_chars=0, steps=200, B=4, micro_batch=4, gen_batch=1, lr=1e-6,
                   eval_every=25, eval_n=16, eval_batch=4, val_size=0, train_size=0, val_subset=0, save_every=25,
                   precision="bf16", grad_ckpt=True),
     # cpu: a sanity check that the pipeline learns, on 4 real HotPotQA questions seen at every step: short contexts
     # and rationales, and a learning rate a 135M model needs to move visibly within minutes.
     "cpu": dict(model="smollm2", task="hotpotqa", data="sample", M=4, think_budget=16, answer_budget=16,
-                context_chars=200, steps=10, prompts_per_step=4, micro_batch=4, gen_batch=0, lr=3e-4,
+                context_chars=200, steps=10, B=4, micro_batch=4, gen_batch=0, lr=3e-4,
                 eval_every=0, eval_n=4, eval_batch=4, val_size=4, train_size=4, val_subset=0, save_every=0,
                 precision="fp32", grad_ckpt=False),
 }
@@ -117,7 +117,7 @@ def parse_args(argv=None):
     a("--top-p", type=float, default=1.0, help="rollout nucleus threshold; 1 keeps it on-policy")
     # the optimization
     a("--steps", type=int, preset=True, help="optimizer steps (one rollout batch each)")
-    a("--prompts-per-step", type=int, preset=True, help="questions B per step (the paper does not publish it)")
+    a("--B", type=int, preset=True, help="questions B per step (the paper does not publish it)")
     a("--micro-batch", type=int, preset=True,
       help="sequences per forward/backward; the gradient does not depend on it")
     a("--gen-batch", type=int, preset=True, help="questions per generate call, x M rows (0: all B at once)")
@@ -170,7 +170,7 @@ def check_args(p, args):
     if args.M < 2:
         p.error(f"--M must be >= 2 (GARL's leave-one-out baseline and GRPO's group std need two samples), "
                 f"got {args.M}")
-    at_least = {1: ["steps", "prompts_per_step", "micro_batch", "think_budget", "answer_budget", "eval_n",
+    at_least = {1: ["steps", "B", "micro_batch", "think_budget", "answer_budget", "eval_n",
                     "eval_batch", "q_steps"],
                 0: ["gen_batch", "eval_every", "save_every", "val_size", "train_size", "val_subset", "context_chars",
                     "warmup_steps"]}
@@ -393,10 +393,10 @@ def validation_cost(args, n_val: int) -> str:
     val_calls = len(periodic) * math.ceil(n_periodic / args.eval_batch) + math.ceil(n_val / args.eval_batch)
     val_steps = val_calls * (args.think_budget + args.answer_budget)
     val_tokens = (len(periodic) * n_periodic + n_val) * args.eval_n * (args.think_budget + args.answer_budget)
-    gen = args.gen_batch or args.prompts_per_step
-    train_steps = args.steps * math.ceil(args.prompts_per_step / gen) * (
+    gen = args.gen_batch or args.B
+    train_steps = args.steps * math.ceil(args.B / gen) * (
         args.think_budget + (args.answer_budget if args.estimator == "grpo" else 0))
-    train_tokens = args.steps * args.prompts_per_step * args.M * args.think_budget
+    train_tokens = args.steps * args.B * args.M * args.think_budget
     return (f"validation: {len(periodic)} periodic on {n_periodic} and 1 final on {n_val} questions x {args.eval_n} "
             f"samples, {args.eval_batch} questions per call: at most {val_steps / (val_steps + train_steps):.0%} of "
             f"the run's decoding steps, {val_tokens / (val_tokens + train_tokens):.0%} of its generated tokens")
@@ -409,13 +409,13 @@ def memory_plan(args, examples) -> tuple[str, "memory.Fit"]:
     longest prompt's tokens from its characters (memory.prompt_tokens_of), and "</think>" is counted as
     8 tokens, its longest spelling (the byte-level tiny tokenizer's).
     """
-    import memory
+    from scale import memory
     config = memory.config_for(args.model)
     prompt = max(memory.prompt_tokens_of(user_message(ex, args.task, args.start)) for ex in examples)
     prompt += 32  # the chat template's tokens around the user turn
     think = args.think_budget + 8
     plan = memory.estimate(
-        config, M=args.M, gen_questions=args.gen_batch or args.prompts_per_step, prompt_tokens=prompt,
+        config, M=args.M, gen_questions=args.gen_batch or args.B, prompt_tokens=prompt,
         max_new_tokens=think + (args.answer_budget if args.estimator == "grpo" else 0), micro_batch=args.micro_batch,
         seq_tokens=prompt + think + args.answer_budget, grad_ckpt=args.grad_ckpt, precision=args.precision,
         optimizer=args.optimizer, device=args.device, val_questions=args.eval_batch, eval_n=args.eval_n,
@@ -469,7 +469,7 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
     torch.manual_seed(args.seed)  # rollout sampling and PAFT resampling, also when train() is called directly
     if args.grad_ckpt:
         model.gradient_checkpointing_enable()
-    tokens = Tokens.of(tokenizer, model.generation_config)
+    tokens = SpecialTokens.of(tokenizer, model.generation_config)
     print(f"model: {args.model} -> {describe(model)} on {args.device}; '</think>' is {len(tokens.close_ids)} token(s)")
     params = [p for p in model.parameters() if p.requires_grad]
     if args.optimizer == "adamw":
@@ -481,7 +481,7 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
         start_step, best = resume(out, optimizer, batches)
     else:
         start_step, best = start_run(out, vars(args))
-    B, M = args.prompts_per_step, args.M
+    B, M = args.B, args.M
     first = last = None  # the first and the last step's statistics, for the summary at the end
 
     bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc="train", file=sys.stdout)

@@ -428,7 +428,7 @@ def decode_speed(model, tok, prompts, args) -> dict:
     differently, and one flipped token changes the rest of its row, so on a GPU "same tokens" can be
     below 100% without a bug (tests/test_perf.py checks exactness in fp32)."""
     precision = "bf16" if args.device == "cuda" else "fp32"
-    tokens = rollout.Tokens.of(tok)
+    tokens = rollout.SpecialTokens.of(tok)
     compile = args.decode_compile == "on" or (args.decode_compile == "auto" and args.device == "cuda")
     paths = {"plain": lambda rules: rollout.decode(model, prompts, args.M, rules),
              "fast": lambda rules: rollout.decode_fast(model, prompts, args.M, rules, compile=False),
@@ -545,7 +545,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     mem = Memory(args.device)
     model, tok = build(args)
-    tokens = rollout.Tokens.of(tok)
+    tokens = rollout.SpecialTokens.of(tok)
     if args.grad_ckpt:
         model.gradient_checkpointing_enable()  # as train.py does; TRL's copy inherits it
     examples, prompts = make_examples(tok, args)

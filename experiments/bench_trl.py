@@ -29,10 +29,10 @@ from datasets import Dataset  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 import train  # noqa: E402
-import train_trl  # noqa: E402
+from scale import train_trl  # noqa: E402
 from models import load_model  # noqa: E402
 from prompts import build_prompt  # noqa: E402
-from trl_garl import GARLTrainer  # noqa: E402
+from scale.trl_garl import GARLTrainer  # noqa: E402
 
 
 class StepTimer(TrainerCallback):

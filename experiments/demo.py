@@ -183,7 +183,7 @@ def measure(model, tokenizer, codes: dict, think_budget: int, samples: int = 256
                            from the key, << P if it comes from what the model thought
       p_y_empty_rationale  p(y* | x, "</think>" at once; counted as forced: we condition on it)
     """
-    tokens = rollout.Tokens.of(tokenizer, model.generation_config)
+    tokens = rollout.SpecialTokens.of(tokenizer, model.generation_config)
     split = think_budget < CODE_LEN + len(tokens.close_ids)  # "</think>" forced right after r, or written by the model
     canonical = [(ids, tokens.close_ids) if split else (ids + tokens.close_ids, [])
                  for ids in (tokenizer(r, add_special_tokens=False).input_ids for r in RATIONALES)]
@@ -220,7 +220,7 @@ def train_one(cfg, method, optimizer: str, seed: int, base_state, tokenizer, tas
     shutil.rmtree(run_dir, ignore_errors=True)  # train.py refuses to overwrite a run
     flags = ["--model", "tiny", "--start", "cold", "--estimator", estimator, "--q", str(q), "--optimizer", optimizer,
              "--lr", str(cfg["lr"][optimizer]), "--grad-clip", str(cfg["grad_clip"][optimizer]),
-             "--M", str(cfg["M"]), "--prompts-per-step", str(cfg["B"]), "--micro-batch", str(cfg["B"] * cfg["M"]),
+             "--M", str(cfg["M"]), "--B", str(cfg["B"]), "--micro-batch", str(cfg["B"] * cfg["M"]),
              "--think-budget", str(cfg["think_budget"]), "--answer-budget", str(cfg["answer_budget"]),
              "--steps", str(cfg["steps"]), "--eval-every", "0", "--eval-n", str(cfg["eval_n"]),
              "--save-every", str(10**9), "--seed", str(seed), "--out", str(run_dir)]

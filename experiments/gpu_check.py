@@ -14,7 +14,7 @@ Qwen3-0.6B's exact shape (as `bench.py --model qwen3-shape`) with the byte-level
 2. train   a synthetic HotPotQA file (the original JSON format) and the random-init checkpoint with its
            tokenizer, then `train.py --model DIR --data FILE` (train.main, in this process, so that its
            peak memory is measurable) for two steps at the paper's defaults (M 32, micro-batch 4,
-           gen-batch 1, bf16, gradient checkpointing, AdamW) with --prompts-per-step 1 and
+           gen-batch 1, bf16, gradient checkpointing, AdamW) with --B 1 and
            --think-budget 512 to fit the time, and one validation after the last step (1 question, 16
            samples, 128 answer tokens): its phase times from metrics.jsonl, its peak memory against
            memory.py's estimate for the same settings (validation included).
@@ -40,12 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the library i
 
 import torch
 
-import memory
+from scale import memory
 import train
 from experiments import memory_check
 from data import load_examples, parse_hotpotqa
 from prompts import gold_ids, prompt_ids
-from rollout import Tokens
+from rollout import SpecialTokens
 
 # HBM bandwidth in GB/s by device name (vendor data sheets); --bandwidth-gbs overrides.
 BANDWIDTH_GBS = {"H200": 4800, "H100 SXM": 3350, "H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H100 NVL": 3900,
@@ -161,7 +161,7 @@ def train_part(args, ckpt: Path, config, tok, results):
     budget, micro = args.train_think_budget, 4
     answer, eval_n = (128, 16) if args.device == "cuda" else (8, 4)  # the paper's answer budget and maj@16
     argv = ["--model", str(ckpt), "--data", str(data), "--task", "hotpotqa", "--estimator", "garl", "--steps", "2",
-            "--M", str(args.M), "--micro-batch", str(micro), "--gen-batch", "1", "--prompts-per-step", "1",
+            "--M", str(args.M), "--micro-batch", str(micro), "--gen-batch", "1", "--B", "1",
             "--think-budget", str(budget), "--answer-budget", str(answer), "--precision", "bf16", "--grad-ckpt",
             "--optimizer", "adamw", "--eval-every", "0", "--val-size", "1", "--eval-n", str(eval_n),
             "--context-chars", "0", "--save-every", "2", "--out", str(run)]
@@ -176,7 +176,7 @@ def train_part(args, ckpt: Path, config, tok, results):
 
     examples = load_examples("hotpotqa", None, data)
     prompt = max(len(prompt_ids(tok, ex, "hotpotqa", "warm")) for ex in examples)
-    close = len(Tokens.of(tok).close_ids)
+    close = len(SpecialTokens.of(tok).close_ids)
     gold = max(len(gold_ids(tok, ex["answer"])) for ex in examples)
     seen = next((b["kv_dtypes"] for b in results["bench"] if b["kv_dtypes"]), None)  # the cache as generate keeps it
     plan = memory.estimate(config, M=args.M, gen_questions=1, prompt_tokens=prompt, max_new_tokens=budget + close,

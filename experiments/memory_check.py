@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the library i
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-import memory
+from scale import memory
 import models
 import rollout
 import train
@@ -243,7 +243,7 @@ def plan_for(config, tok, example, args, kv_dtypes) -> memory.Plan:
     """memory.py's estimate for the step measure() runs (one question, its prompt and gold answer), with the
     KV cache in the dtype the code under test keeps it (issue 10 moves it to the compute dtype)."""
     prompt = len(prompt_ids(tok, example, "finqa", "warm"))
-    max_new = args.think_budget + len(rollout.Tokens.of(tok).close_ids)
+    max_new = args.think_budget + len(rollout.SpecialTokens.of(tok).close_ids)
     return memory.estimate(config, M=args.M, gen_questions=1, prompt_tokens=prompt, max_new_tokens=max_new,
                            micro_batch=args.micro_batch, seq_tokens=prompt + max_new + len(gold_ids(tok, example["answer"])),
                            grad_ckpt=args.grad_ckpt, precision=args.precision, optimizer=args.optimizer,
@@ -263,7 +263,7 @@ def measure(args, model=None, tok=None) -> dict:
         model, tok = build(args)
     if args.grad_ckpt:
         model.gradient_checkpointing_enable()
-    tokens = rollout.Tokens.of(tok)
+    tokens = rollout.SpecialTokens.of(tok)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = (torch.optim.AdamW(params, lr=1e-6) if args.optimizer == "adamw" else torch.optim.SGD(params, lr=1e-6))
     example = make_example(tok, args.prompt_tokens, args.answer_tokens)

@@ -164,7 +164,7 @@ def answer_probs(model, tokenizer, answers: dict, think_budget: int, samples: in
     does not). Under a forked RNG seeded with `seed`: training's random streams are untouched.
     Example: answers = {"red": ["z1", "k4"]} -> {"red": [0.93, 0.07]}.
     """
-    tokens = rollout.Tokens.of(tokenizer, model.generation_config)
+    tokens = rollout.SpecialTokens.of(tokenizer, model.generation_config)
     out = {}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -191,7 +191,7 @@ def adam_probe(model, tokenizer, codes: dict, q: float, args, think_budget: int,
     state = torch.load(Path(args.out) / "latest" / "trainer_state.pt", weights_only=False)["optimizer"]
     group = state["param_groups"][0]
     params = [p for p in model.parameters() if p.requires_grad]
-    tokens = rollout.Tokens.of(tokenizer, model.generation_config)
+    tokens = rollout.SpecialTokens.of(tokenizer, model.generation_config)
     out = {}
     for key, code in codes.items():
         prompt = tokenizer(demo.prompt_text(tokenizer, key), add_special_tokens=False).input_ids
@@ -201,7 +201,7 @@ def adam_probe(model, tokenizer, codes: dict, q: float, args, think_budget: int,
         rows = [rollout.Sample(prompt, s.z_ids, s.forced_ids, gold_ids(tokenizer, code)) for s in drawn]
         _, logp_y = logprobs.sequence_logprobs(model, rows, tokens, need_z=False)  # [S], with gradient
         # float64: at q = 0, l_0 = -expm1(log P), whose backward (result + 1) is exactly 0 in float32 for P < 6e-8
-        loss = q_loss_of_log(log_mean_exp(logp_y.double()), q) / (args.prompts_per_step * args.M**q)
+        loss = q_loss_of_log(log_mean_exp(logp_y.double()), q) / (args.B * args.M**q)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         num, sq, n = 0.0, 0.0, 0
         for i, (p, g) in enumerate(zip(params, grads)):
@@ -250,7 +250,7 @@ def run_job(job: dict) -> dict:
     shutil.rmtree(out, ignore_errors=True)  # train.py refuses to overwrite a run
     flags = ["--task", "hotpotqa", "--data", DATA_FLAG, "--model", "tiny", "--start", "cold",
              "--estimator", estimator, "--q", str(q), "--optimizer", job["optimizer"], "--lr", str(job["lr"]),
-             "--grad-clip", str(job["grad_clip"]), "--M", str(cfg["M"]), "--prompts-per-step", str(cfg["B"]),
+             "--grad-clip", str(job["grad_clip"]), "--M", str(cfg["M"]), "--B", str(cfg["B"]),
              "--micro-batch", str(cfg["B"] * cfg["M"]), "--think-budget", str(cfg["think_budget"]),
              "--answer-budget", str(cfg["answer_budget"]), "--eval-every", "0", "--eval-n", "1",
              "--save-every", str(10**9), "--seed", str(job["seed"]), "--out", str(out)]

@@ -25,7 +25,7 @@ import logprobs
 import models
 from logprobs import chunked_token_logprobs, log_weights, plain_sequence_logprobs, sequence_logprobs
 from prompts import gold_ids, prompt_ids
-from rollout import Sample, Tokens, generate
+from rollout import Sample, SpecialTokens, generate
 
 EXAMPLE = {"question": "Which band recorded Counterparts?", "context": "Rush is a Canadian rock band.",
            "answer": "Rush", "aliases": []}
@@ -51,7 +51,7 @@ def rollouts(model, tok, M=3, budget=12, seed=0):
     Sample 1 has no answer, sample 2 no rationale (and nothing forced); the rest were forced to close."""
     prompts = [prompt_ids(tok, ex, "hotpotqa", "cold") for ex in [EXAMPLE, dict(EXAMPLE, context="short")]]
     torch.manual_seed(seed)
-    samples = [s for g in generate(model, prompts, M, Tokens.of(tok), budget) for s in g]
+    samples = [s for g in generate(model, prompts, M, SpecialTokens.of(tok), budget) for s in g]
     for s in samples:
         s.y_ids = gold_ids(tok, "Rush")
     samples[1].y_ids = []
@@ -83,7 +83,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 # ------------------------------------------------------------------------------------------------ plain
 def test_plain_path_is_the_sum_of_token_logprobs_computed_by_hand(tiny):
     model, tok = tiny
-    tokens = Tokens.of(tok)
+    tokens = SpecialTokens.of(tok)
     samples = rollouts(model, tok)
     with torch.no_grad():
         logp_z, logp_y = plain_sequence_logprobs(model, samples, tokens)  # batched, right-padded
@@ -107,7 +107,7 @@ def test_plain_path_is_the_sum_of_token_logprobs_computed_by_hand(tiny):
 @pytest.mark.parametrize("share_prompt", [True, False])
 def test_fast_path_values_and_gradients_equal_the_plain_path(tiny, share_prompt, checkpointing):
     model, tok = tiny
-    tokens = Tokens.of(tok)
+    tokens = SpecialTokens.of(tok)
     samples = rollouts(model, tok)
     plain = with_grads(model, lambda: plain_sequence_logprobs(model, samples, tokens))
     fast = with_grads(model, lambda: sequence_logprobs(model, samples, tokens, share_prompt=share_prompt),
@@ -122,7 +122,7 @@ def test_fast_path_values_and_gradients_equal_the_plain_path(tiny, share_prompt,
 @pytest.mark.parametrize("share_prompt", [True, False])
 def test_weight_pass_equals_the_plain_path_in_the_samples_order(tiny, share_prompt):
     model, tok = tiny
-    tokens = Tokens.of(tok)
+    tokens = SpecialTokens.of(tok)
     samples = rollouts(model, tok, M=4)
     samples = samples[::2] + samples[1::2]  # the two prompts' samples interleaved
     samples[3].z_ids = samples[3].z_ids[:3]  # different lengths within a prompt
@@ -162,7 +162,7 @@ def test_shared_path_runs_each_prompt_once(tiny, checkpointing):
     """What goes through the embedding: the shared path runs a prompt [1, P] once, then the samples'
     continuations [n, C]; the whole-sequence path (also reentrant checkpointing's) runs [N, T]."""
     model, tok = tiny
-    tokens = Tokens.of(tok)
+    tokens = SpecialTokens.of(tok)
     samples = rollouts(model, tok, M=4)
     groups = [samples[:4], samples[4:]]  # by prompt
     T = max(len(s.ids) for s in samples)
@@ -231,7 +231,7 @@ def bf16_scored_answers(model, samples, tokens, body_in_fp32=False):
 def test_answers_are_scored_in_fp32_under_autocast_and_rationales_in_bf16(tiny):
     tiny_model, tok = tiny
     model = output_layer_only_model(tok)
-    tokens = Tokens.of(tok)
+    tokens = SpecialTokens.of(tok)
     samples = rollouts(tiny_model, tok)
     with torch.no_grad():
         full_z, full_y = plain_sequence_logprobs(model, samples, tokens)  # full fp32: the reference
@@ -255,7 +255,7 @@ def test_gradients_under_autocast_equal_the_plain_path(tiny):
     model = models.build_tiny_model(tok, seed=3)
     with torch.no_grad():
         model.model.norm.weight.mul_(40)  # logits at SmolLM2's spread, so that bf16 rounding shows
-    tokens = Tokens.of(tok)
+    tokens = SpecialTokens.of(tok)
     samples = rollouts(model, tok)
     plain = with_grads(model, lambda: plain_sequence_logprobs(model, samples, tokens), autocast=True)
     fast = with_grads(model, lambda: sequence_logprobs(model, samples, tokens, share_prompt=False), autocast=True)
@@ -283,7 +283,7 @@ def test_gradients_under_autocast_equal_the_plain_path(tiny):
 # ------------------------------------------------------------------------------------------------ edge cases
 def test_empty_rationales_answers_and_continuations(tiny):
     model, tok = tiny
-    tokens = Tokens.of(tok)
+    tokens = SpecialTokens.of(tok)
     prompt = prompt_ids(tok, EXAMPLE, "hotpotqa", "cold")
     y = gold_ids(tok, "Rush")
     no_z = [Sample(prompt, [], [], y), Sample(prompt, [], list(tokens.close_ids), y)]
@@ -315,7 +315,7 @@ def measure(model_name: str, seeds: list[int], n_questions: int, M: int, think_b
     does) and in bf16, on real questions (samples/hotpotqa) with their gold answers teacher-forced."""
     from data import load_examples
     model, tok = models.load_model(model_name)
-    tokens = Tokens.of(tok, model.generation_config)
+    tokens = SpecialTokens.of(tok, model.generation_config)
     examples = load_examples("hotpotqa", path=Path(__file__).resolve().parent.parent
                              / "samples/hotpotqa_dev_distractor_sample.json")[:n_questions]
     prompts = [prompt_ids(tok, dict(ex, context=ex["context"][:context_chars]), "hotpotqa", "warm") for ex in examples]

@@ -18,10 +18,10 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
 import logprobs
-import memory
+from scale import memory
 import models
 from experiments import gpu_check
-from rollout import Sample, Tokens
+from rollout import Sample, SpecialTokens
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,7 +87,7 @@ def test_saved_activations_match_autograd_byte_for_byte(kind, precision):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logprobs.sequence_logprobs(model, samples, Tokens.of(tok))
+            logprobs.sequence_logprobs(model, samples, SpecialTokens.of(tok))
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     measured = sum(size[ptr] for ptr, places in where.items() if places == {(2, 1)} and ptr not in params)
     s, a = memory.shape_of(config), memory.DTYPE_BYTES[precision]

@@ -6,7 +6,7 @@ import torch
 
 import models
 from prompts import prompt_ids
-from rollout import Tokens, generate
+from rollout import SpecialTokens, generate
 
 
 def test_tiny_model_round_trips_through_save_pretrained(tmp_path):
@@ -30,7 +30,7 @@ def test_embedded_smollm2_loads_generates_and_saves(tmp_path):
     """The CPU default model: a real pretrained chat model, no hub access, "</think>" spans 3 tokens."""
     model, tok = models.load_model("smollm2")
     assert type(model).__name__ == "LlamaForCausalLM" and not hasattr(model.config, "quantization_config")
-    tokens = Tokens.of(tok, model.generation_config)
+    tokens = SpecialTokens.of(tok, model.generation_config)
     assert len(tokens.close_ids) == 3 and tokens.pad_id == tok.eos_token_id  # the hard case for rollouts
     example = {"question": "What is 2 + 3?", "context": "Arithmetic.", "answer": "5", "aliases": []}
     prompt = prompt_ids(tok, example, "finqa", "warm")

@@ -28,7 +28,7 @@ import train
 from logprobs import log_weights, sequence_logprobs
 from paft import paft_coefficients, paft_resample
 from prompts import THINK_CLOSE, gold_ids, prompt_ids
-from rollout import Rules, Tokens, generate
+from rollout import Rules, SpecialTokens, generate
 
 EXAMPLE = {"question": "Which band recorded Counterparts?", "context": "Rush is a Canadian rock band. " * 3,
            "answer": "Rush", "aliases": []}
@@ -48,7 +48,7 @@ def two_prompts(tok):
 def rollouts(model, tok, M=3, budget=12, seed=0):
     """Rollouts of two_prompts, gold answers set."""
     torch.manual_seed(seed)
-    groups = generate(model, two_prompts(tok), M, Tokens.of(tok), budget)
+    groups = generate(model, two_prompts(tok), M, SpecialTokens.of(tok), budget)
     gold = gold_ids(tok, "Rush")
     for g in groups:
         for s in g:
@@ -79,7 +79,7 @@ def biased_tiny(one_token_close=True, close_bias=0.0, eos_bias=0.0, pad_is_eos=F
 def plain_and_fast(model, tok, M, think_budget, answer_budget, seed=5, **fast):
     """rollout.decode and rollout.decode_fast from the same seed: (tokens, logp, closed_at) of each, and
     the random-number generator's next draw after each (the same noise was consumed)."""
-    rules = Rules.of(model, Tokens.of(tok), think_budget, answer_budget, 1.0, 1.0)
+    rules = Rules.of(model, SpecialTokens.of(tok), think_budget, answer_budget, 1.0, 1.0)
     out = []
     for decode in [rollout.decode, lambda *a: rollout.decode_fast(*a, **fast)]:
         torch.manual_seed(seed)
@@ -132,7 +132,7 @@ def test_compiled_step_is_one_graph_with_the_plain_loops_tokens():
         model, tok, 3, 10, 4, compile="aot_eager", bucket=8)
     assert torch.equal(f_tokens, tokens) and torch.equal(f_closed, closed) and torch.equal(f_rng, rng)
     torch.testing.assert_close(f_logp, logp, atol=1e-5, rtol=0)
-    rules = Rules.of(model, Tokens.of(tok), 10, 4, 1.0, 1.0)
+    rules = Rules.of(model, SpecialTokens.of(tok), 10, 4, 1.0, 1.0)
     longer = [prompt_ids(tok, dict(EXAMPLE, context=EXAMPLE["context"] * 4), "hotpotqa", "warm")] + two_prompts(tok)
     with torch._dynamo.config.patch(error_on_recompile=True):
         rollout.decode_fast(model, longer, 2, rules, compile="aot_eager", bucket=8)
@@ -173,7 +173,7 @@ def test_shared_prompt_logprobs_and_gradients_equal_the_plain_path(tiny, checkpo
     samples = [s for g in groups for s in g]
     samples[1].y_ids = []  # a sample with nothing after its rationale, and one with no rationale at all
     samples[2].z_ids, samples[2].forced_ids = [], []
-    tokens = Tokens.of(tok)
+    tokens = SpecialTokens.of(tok)
     plain = logprobs_and_grads(model, samples, tokens, share=False)
     shared = logprobs_and_grads(model, samples, tokens, share=True, checkpointing=checkpointing)
     for a, b in zip(shared, plain):
@@ -186,9 +186,9 @@ def test_shared_weight_pass_equals_the_plain_one_in_the_samples_order(tiny):
     groups = rollouts(model, tok, M=4)
     samples = [groups[0][0], groups[1][0], groups[0][1], groups[1][1], groups[0][2], groups[1][2]]  # interleaved
     samples[3].z_ids = samples[3].z_ids[:3]  # different lengths within a prompt
-    plain = log_weights(model, samples, Tokens.of(tok), micro_batch=2, share_prompt=False)
+    plain = log_weights(model, samples, SpecialTokens.of(tok), micro_batch=2, share_prompt=False)
     for micro_batch in [1, 3, 8]:
-        torch.testing.assert_close(log_weights(model, samples, Tokens.of(tok), micro_batch), plain, atol=1e-5, rtol=0)
+        torch.testing.assert_close(log_weights(model, samples, SpecialTokens.of(tok), micro_batch), plain, atol=1e-5, rtol=0)
 
 
 def test_paft_distinct_sequences_weighted_by_count_equal_the_plain_sum(tiny):
@@ -196,7 +196,7 @@ def test_paft_distinct_sequences_weighted_by_count_equal_the_plain_sum(tiny):
     gives the gradient of Algorithm 2's plain sum over the K resampled indices, duplicates included."""
     model, tok = tiny
     groups = rollouts(model, tok, M=4)
-    tokens, q, B, M = Tokens.of(tok), 0.5, len(groups), 4
+    tokens, q, B, M = SpecialTokens.of(tok), 0.5, len(groups), 4
     log_w = log_weights(model, [s for g in groups for s in g], tokens, micro_batch=4).view(B, M).double()
     log_w = log_w - log_w.max() + 0.5 * torch.arange(M)  # spread the weights, so resampling repeats and skips
     coef = paft_coefficients(log_w, q, generator=torch.Generator().manual_seed(7)).float()  # [B, M]

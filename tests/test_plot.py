@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-import plot
+from tools import plot
 
 
 def write_run(path, estimator, q, rows):

@@ -9,7 +9,7 @@ import models
 import rollout
 from prompts import THINK_CLOSE, build_prompt, gold_ids, gold_text, prompt_ids, user_message
 from logprobs import log_weights, sequence_logprobs
-from rollout import Rows, Rules, Sample, Tokens, generate
+from rollout import Rows, Rules, Sample, SpecialTokens, generate
 
 EXAMPLE = {"id": "x", "question": "Which band recorded Counterparts?",
            "context": "Rush: Rush is a Canadian rock band.\n\nCounterparts: an album by Rush.", "answer": "Rush",
@@ -55,7 +55,7 @@ def test_prompts_render_through_the_chat_template():
 def test_budget_forcing_closes_every_rationale(one_token_close):
     """A rationale either closed naturally within the budget, or got "</think>" forced at exactly the budget."""
     model, tok = tiny(one_token_close)
-    tokens = Tokens.of(tok)
+    tokens = SpecialTokens.of(tok)
     assert len(tokens.close_ids) == (1 if one_token_close else 8)
     torch.manual_seed(0)
     budget = 6
@@ -69,7 +69,7 @@ def test_budget_forcing_closes_every_rationale(one_token_close):
 
 def test_natural_close_is_kept_in_z_and_not_forced():
     model, tok = tiny(close_bias=8.0)
-    tokens = Tokens.of(tok)
+    tokens = SpecialTokens.of(tok)
     torch.manual_seed(0)
     samples = generate(model, encoded_prompts(tok), 8, tokens, think_budget=20)[0]
     natural = [s for s in samples if not s.forced]
@@ -131,7 +131,7 @@ def test_temperature_and_top_p_are_transformers_warpers(temperature, top_p):
 
 def test_answers_end_at_the_real_eos_even_when_pad_is_eos():
     model, tok = tiny(eos_bias=6.0, pad_is_eos=True)
-    tokens = Tokens.of(tok)
+    tokens = SpecialTokens.of(tok)
     assert tokens.pad_id == tok.eos_token_id
     torch.manual_seed(0)
     samples = generate(model, encoded_prompts(tok), 4, tokens, think_budget=5, answer_budget=6)[0]
@@ -149,7 +149,7 @@ def with_gold(tok, samples, answer="Rush"):
 
 def test_logp_matches_a_hand_computed_sum_and_padding_changes_nothing():
     model, tok = tiny()
-    tokens = Tokens.of(tok)
+    tokens = SpecialTokens.of(tok)
     torch.manual_seed(1)
     groups = generate(model, encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, context="short")]), 3, tokens, 7)
     samples = with_gold(tok, [s for g in groups for s in g])
@@ -172,7 +172,7 @@ def test_logp_matches_a_hand_computed_sum_and_padding_changes_nothing():
 
 def test_gradient_path_and_weight_pass_agree():
     model, tok = tiny()
-    tokens = Tokens.of(tok)
+    tokens = SpecialTokens.of(tok)
     torch.manual_seed(2)
     samples = with_gold(tok, generate(model, encoded_prompts(tok), 5, tokens, 9)[0])
     log_w = log_weights(model, samples, tokens, micro_batch=2)  # [N], no gradient
@@ -185,7 +185,7 @@ def test_gradient_path_and_weight_pass_agree():
 
 def test_forced_tokens_count_in_neither_logp():
     model, tok = tiny()
-    tokens = Tokens.of(tok)
+    tokens = SpecialTokens.of(tok)
     s = Sample(prompt_ids=[1, 2, 3], z_ids=[4, 5], forced_ids=tokens.close_ids, y_ids=[6, tok.eos_token_id])
     bare = Sample(prompt_ids=[1, 2, 3], z_ids=[4, 5], forced_ids=[], y_ids=[])
     logp_z, _ = sequence_logprobs(model, [s, bare], tokens)
@@ -199,7 +199,7 @@ def test_bad_sampling_options_are_refused(kwargs, flag):
     model, tok = tiny()
     args = dict(think_budget=4) | kwargs
     with pytest.raises(ValueError, match=flag):
-        generate(model, encoded_prompts(tok), 2, Tokens.of(tok), **args)
+        generate(model, encoded_prompts(tok), 2, SpecialTokens.of(tok), **args)
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -209,7 +209,7 @@ def test_generation_config_never_leaks_into_rollouts(fast):
     leaky, _ = tiny()
     leaky.generation_config.update(do_sample=False, temperature=0.05, top_k=2, top_p=0.3, min_p=0.5,
                                    repetition_penalty=5.0, no_repeat_ngram_size=1, max_new_tokens=2)
-    tokens, prompts = Tokens.of(tok), encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, question="Who?")])
+    tokens, prompts = SpecialTokens.of(tok), encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, question="Who?")])
     out = []
     for m in (model, leaky):
         torch.manual_seed(4)
@@ -222,7 +222,7 @@ def test_the_sampler_log_probs_are_what_logprobs_scores():
     """On-policy: the log-probability each token was drawn with (temperature 1) is what sequence_logprobs
     sums, for rationale tokens (EOS banned) and the model's own answer tokens alike."""
     model, tok = tiny(eos_bias=3.0)
-    tokens, prompts = Tokens.of(tok), encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, context="short")])
+    tokens, prompts = SpecialTokens.of(tok), encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, context="short")])
     rules = Rules.of(model, tokens, 10, 6, 1.0, 1.0)
     torch.manual_seed(5)
     rows = rollout.decode_fast(model, prompts, 3, rules)
@@ -240,7 +240,7 @@ def test_only_the_last_position_goes_through_the_output_layer(fast):
     model, tok = tiny()
     seen = []
     hook = model.lm_head.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape[:-1])))
-    generate(model, encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, context="short")]), 3, Tokens.of(tok), 4, 2, fast=fast)
+    generate(model, encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, context="short")]), 3, SpecialTokens.of(tok), 4, 2, fast=fast)
     hook.remove()
     assert seen and all(shape[1] == 1 for shape in seen)  # [rows, 1]: never [rows, prompt_len, V] logits
 
@@ -255,7 +255,7 @@ def test_the_fast_path_keeps_its_cache_in_the_compute_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         cache = model(input_ids=ids, use_cache=True).cache
         assert (cache.layers[0].keys.dtype, cache.layers[0].values.dtype) == (torch.float32, torch.bfloat16)
-        generate(model, encoded_prompts(tok), 2, Tokens.of(tok), 4)
+        generate(model, encoded_prompts(tok), 2, SpecialTokens.of(tok), 4)
     dec = rollout._DECODERS[model]
     assert {(l.keys.dtype, l.values.dtype) for l in dec.cache.layers} == {(torch.bfloat16, torch.bfloat16)}
     assert dec.twin.lm_head.weight.dtype == dec.twin.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
@@ -266,6 +266,6 @@ def test_the_fast_path_keeps_its_cache_in_the_compute_dtype():
     with torch.no_grad():  # a changed master weight reaches the twin on the next call
         model.model.layers[0].mlp.up_proj.weight.mul_(2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        generate(model, encoded_prompts(tok), 2, Tokens.of(tok), 4)
+        generate(model, encoded_prompts(tok), 2, SpecialTokens.of(tok), 4)
     torch.testing.assert_close(dec.twin.model.layers[0].mlp.up_proj.weight,
                                model.model.layers[0].mlp.up_proj.weight.bfloat16(), rtol=0, atol=0)

@@ -83,7 +83,7 @@ def test_answer_probs_is_seeded_leaves_the_rng_alone_and_matches_a_direct_estima
     assert torch.equal(torch.get_rng_state(), state)  # training's random stream is untouched
     assert a == tradeoff.answer_probs(model, tok, answers, 2, 8, seed=5)
     # Direct: the same 8 rationales (same seed), each full sequence scored by a plain forward pass.
-    tokens = tradeoff.rollout.Tokens.of(tok, model.generation_config)
+    tokens = tradeoff.rollout.SpecialTokens.of(tok, model.generation_config)
     prompt = tok(demo.prompt_text(tok, "red"), add_special_tokens=False).input_ids
     with torch.random.fork_rng():
         torch.manual_seed(5)
@@ -109,7 +109,7 @@ def test_adam_probe_divides_by_the_bias_corrected_second_moment(noise_base, tmp_
                            "param_groups": [{"betas": betas, "eps": eps}]}}
     (tmp_path / "latest").mkdir()
     torch.save(state, tmp_path / "latest" / "trainer_state.pt")
-    args = argparse.Namespace(out=str(tmp_path), prompts_per_step=4, M=8)
+    args = argparse.Namespace(out=str(tmp_path), B=4, M=8)
     for q in (0.0, 1.0):
         probe = tradeoff.adam_probe(model, tok, {"red": true["red"]}, q, args, 2, 8, seed=0)["red"]
         v_hat = v / (1 - betas[1] ** step)

@@ -11,11 +11,11 @@ import models
 import train
 from garl import garl_coefficients, garl_loss
 from logprobs import log_weights, sequence_logprobs
-from rollout import Sample, Tokens
+from rollout import Sample, SpecialTokens
 
 HOTPOT = "samples/hotpotqa_dev_distractor_sample.json"
 FAST = ["--model", "tiny", "--task", "hotpotqa", "--data", HOTPOT, "--M", "3", "--think-budget", "5",
-        "--answer-budget", "4", "--context-chars", "150", "--prompts-per-step", "2", "--micro-batch", "4",
+        "--answer-budget", "4", "--context-chars", "150", "--B", "2", "--micro-batch", "4",
         "--val-size", "2", "--eval-n", "2", "--lr", "1e-3"]
 
 
@@ -62,7 +62,7 @@ def test_gradient_accumulation_is_exact():
     """The gradient of a step does not depend on --micro-batch."""
     tok = models.build_tiny_tokenizer()
     model = models.build_tiny_model(tok)
-    tokens = Tokens.of(tok)
+    tokens = SpecialTokens.of(tok)
     ex = {"id": "a", "question": "Who?", "context": "Rush: a band.", "answer": "Rush", "aliases": []}
     examples = [ex, dict(ex, question="Which band?")]
     torch.manual_seed(0)
@@ -84,7 +84,7 @@ def test_the_gradient_pass_is_the_gradient_of_garl_loss():
     """train.gradient_pass, with garl_coefficients of the weight pass, is Algorithm 1 (garl.garl_loss) exactly."""
     tok = models.build_tiny_tokenizer()
     model = models.build_tiny_model(tok)
-    tokens = Tokens.of(tok)
+    tokens = SpecialTokens.of(tok)
     examples = [{"id": str(i), "question": q, "context": "Rush: a band.", "answer": "Rush", "aliases": []}
                 for i, q in enumerate(["Who?", "Which band?"])]
     torch.manual_seed(1)

@@ -19,8 +19,8 @@ except ImportError as e:  # loud, not skipped: CI must install requirements-trl.
 
 import trl_worker as w
 from prompts import gold_ids, prompt_ids, user_message
-from rollout import Sample, Tokens, generate
-from trl_garl import GARLTrainer, rationale_from_generated, vllm_sampling_kwargs
+from rollout import Sample, SpecialTokens, generate
+from scale.trl_garl import GARLTrainer, rationale_from_generated, vllm_sampling_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO = w.EXAMPLES[:2]  # B = 2 questions, M = 4: one step is 8 rows
@@ -122,7 +122,7 @@ def test_real_generation_steps(tmp_path, one_token_close):
     as 1 and as 8 tokens, forced tokens with zero weight, gold answer teacher-forced, monitors logged."""
     close_bias = 4.0 if one_token_close else 0.0  # makes natural closes likely with the one-token "</think>"
     model, tok = w.tiny(one_token_close, close_bias=close_bias, eos_bias=6.0)
-    tokens = Tokens.of(tok, model.generation_config)
+    tokens = SpecialTokens.of(tok, model.generation_config)
     assert len(tokens.close_ids) == (1 if one_token_close else 8)
     examples = [dict(ex, answer="7") for ex in TWO]  # one gold answer for every row
     trainer = Recording(model, args=w.config(tmp_path, per_device=4, accumulation=2, steps=2, budget=6),
@@ -171,7 +171,7 @@ def test_vllm_rationale_cutting_matches_rollout():
     """vLLM samples without our logits processor; rationale_from_generated must give rollout.generate's Sample
     for what vLLM returns (the vLLM engine itself cannot run on CPU: not tested)."""
     model, tok = w.tiny(one_token_close=True, close_bias=4.0)
-    tokens = Tokens.of(tok, model.generation_config)
+    tokens = SpecialTokens.of(tok, model.generation_config)
     torch.manual_seed(0)
     p = prompt_ids(tok, TWO[0], w.TASK, w.START)
     samples = generate(model, [p], 16, tokens, think_budget=5)[0]
@@ -180,7 +180,7 @@ def test_vllm_rationale_cutting_matches_rollout():
         # vLLM's output: the sampled tokens; a natural close stops it (stop_token_ids), else the budget does
         assert rationale_from_generated(p, s.z_ids, tokens, 5) == s
     # A multi-token "</think>" has no stop condition in vLLM: tokens after the first close are dropped.
-    t8 = Tokens(close_ids=[1, 2, 3], eos_ids=[0], pad_id=9)
+    t8 = SpecialTokens(close_ids=[1, 2, 3], eos_ids=[0], pad_id=9)
     assert rationale_from_generated([5], [4, 1, 2, 3, 7, 1, 2, 3], t8, 8) == Sample([5], [4, 1, 2, 3], [])
     assert rationale_from_generated([5], [4, 4, 1, 2], t8, 4) == Sample([5], [4, 4, 1, 2], [1, 2, 3])
     with pytest.raises(RuntimeError, match="EOS"):

@@ -24,8 +24,8 @@ from garl import garl_coefficients, garl_loss  # noqa: E402
 from logprobs import sequence_logprobs  # noqa: E402
 from paft import paft_loss  # noqa: E402
 from prompts import build_prompt, gold_ids, prompt_ids  # noqa: E402
-from rollout import Sample, Tokens  # noqa: E402
-from trl_garl import GARLConfig, GARLTrainer  # noqa: E402
+from rollout import Sample, SpecialTokens  # noqa: E402
+from scale.trl_garl import GARLConfig, GARLTrainer  # noqa: E402
 
 M = 4
 TASK, START = "hotpotqa", "cold"  # the cold-start prompt: a few dozen tokens, a fast test
@@ -72,7 +72,7 @@ def config(out, per_device, accumulation, estimator="garl", q=0.75, steps=1, bud
 def fixed_rollouts(tok, examples, seed=0) -> dict[tuple, list[Sample]]:
     """M hand-made rationales per question, keyed by prompt ids: random byte tokens of varied lengths, even m
     closed naturally (z ends with "</think>"), odd m closed by forced "</think>" tokens."""
-    tokens = Tokens.of(tok)
+    tokens = SpecialTokens.of(tok)
     g = torch.Generator().manual_seed(seed)
     out = {}
     for ex in examples:
@@ -143,7 +143,7 @@ def reference_gradient(tok, rollouts, question_order, estimator="garl", q=0.75, 
     (logprobs.sequence_logprobs: EOS out of the rationale tokens' softmax, forced tokens not counted), on a
     freshly built tiny model (the same weights: build_tiny_model is seeded)."""
     model = models.build_tiny_model(tok)
-    tokens = Tokens.of(tok, model.generation_config)
+    tokens = SpecialTokens.of(tok, model.generation_config)
     answers = {tuple(prompt_ids(tok, ex, TASK, START)): ex["answer"] for ex in EXAMPLES}
     rows = [Sample(s.prompt_ids, s.z_ids, s.forced_ids, gold_ids(tok, answers[key]))
             for key in question_order for s in rollouts[key]]

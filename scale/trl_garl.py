@@ -54,7 +54,7 @@ from garl import garl_coefficients, garl_stats
 from paft import paft_coefficients
 from prompts import THINK_OPEN, gold_ids
 from qlog import check_q, log_mean_exp, q_loss_of_log
-from rollout import Sample, Tokens, generate
+from rollout import Sample, SpecialTokens, generate
 from train import q_at
 
 ESTIMATORS = ("garl", "paft")
@@ -234,12 +234,12 @@ def _nothing_to_gather(t: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ rollouts as tensors
-def rationale_from_generated(prompt_ids: list[int], generated: list[int], tokens: Tokens, think_budget: int) -> Sample:
+def rationale_from_generated(prompt_ids: list[int], generated: list[int], tokens: SpecialTokens, think_budget: int) -> Sample:
     """Cut a generation that ran without budget forcing (vLLM) into the Sample rollout.generate would give.
 
     The rationale closes at the first occurrence of "</think>"'s tokenization (tokens after it are dropped);
     without one, the budget ran out and "</think>" is appended as forced tokens.
-    >>> t = Tokens(close_ids=[9], eos_ids=[0], pad_id=1)
+    >>> t = SpecialTokens(close_ids=[9], eos_ids=[0], pad_id=1)
     >>> rationale_from_generated([5], [3, 9, 4], t, think_budget=4)      # closed naturally at the 2nd token
     Sample(prompt_ids=[5], z_ids=[3, 9], forced_ids=[], y_ids=[])
     >>> rationale_from_generated([5], [3, 4], t, think_budget=2)         # budget spent: "</think>" forced
@@ -260,14 +260,14 @@ def rationale_from_generated(prompt_ids: list[int], generated: list[int], tokens
     return Sample(list(prompt_ids), z, forced)
 
 
-def vllm_sampling_kwargs(tokens: Tokens) -> dict:
+def vllm_sampling_kwargs(tokens: SpecialTokens) -> dict:
     """Extra vLLM SamplingParams for rationales: EOS banned, stop at a one-token "</think>".
 
     -100 is the lower end of the OpenAI API's logit_bias range (server mode goes through vLLM's OpenAI
     server): it multiplies an EOS probability by e^-100 ~ 4e-44, zero in fp32. A multi-token "</think>" gets no
     stop condition: generation runs to the budget and rationale_from_generated cuts it at the first "</think>"
     (exact, at the price of the tokens after it).
-    >>> vllm_sampling_kwargs(Tokens(close_ids=[9], eos_ids=[0, 2], pad_id=1))
+    >>> vllm_sampling_kwargs(SpecialTokens(close_ids=[9], eos_ids=[0, 2], pad_id=1))
     {'logit_bias': {0: -100.0, 2: -100.0}, 'stop_token_ids': [9]}
     """
     kwargs = {"logit_bias": {eos: -100.0 for eos in tokens.eos_ids}}
@@ -371,7 +371,7 @@ class GARLTrainer(GRPOTrainer):
             raise ValueError(f"router_aux_loss_coef={self.router_aux_loss_coef}: GARLTrainer adds no MoE "
                              "load-balancing loss; set router_aux_loss_coef=0.0")
         unwrapped = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # PEFT
-        self.tokens = Tokens.of(processing_class, unwrapped.generation_config)
+        self.tokens = SpecialTokens.of(processing_class, unwrapped.generation_config)
         add_garl_scoring(unwrapped, self.tokens.eos_ids, args.cast_lm_head_to_fp32)
         if self.use_vllm:
             # TRL's vLLM backend samples with max_tokens = max_completion_length (the thinking budget) and these.

@@ -1,11 +1,11 @@
 """Train with GARL or PAFT through TRL's GRPOTrainer (trl_garl.py): one GPU, many GPUs, vLLM rollouts.
 
-    python train_trl.py --estimator paft --q 0.75 --task hotpotqa                    # one GPU, the paper's setup
-    accelerate launch --config_file configs/deepspeed_zero3.yaml train_trl.py --estimator garl --q 0.75
-    torchrun --nproc_per_node 2 train_trl.py --model tiny --steps 2                  # two CPU processes (gloo)
+    python scale/train_trl.py --estimator paft --q 0.75 --task hotpotqa                    # one GPU, the paper's setup
+    accelerate launch --config_file scale/deepspeed_zero3.yaml scale/train_trl.py --estimator garl --q 0.75
+    torchrun --nproc_per_node 2 scale/train_trl.py --model tiny --steps 2                  # two CPU processes (gloo)
 
 The same tasks, prompts (prompts.py), data (train.load_data: the same training questions as train.py) and
-defaults as train.py (its presets: "paper" on CUDA, "cpu" otherwise), and the same step: B = --prompts-per-step
+defaults as train.py (its presets: "paper" on CUDA, "cpu" otherwise), and the same step: B = --B
 questions x M rationales, one update. TRL splits the step's B x M rows over the processes and each process's
 share into micro-batches of --micro-batch rows: gradient accumulation = B x M / (processes x micro-batch).
 Metrics go to TRL's logger and to OUT/metrics.jsonl, under train.py's names (w_bar_mean, j_q, ...); the model
@@ -18,6 +18,9 @@ import os
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # as a script from anywhere: the library is the top-level folder
+
 import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, TrainerCallback
@@ -27,7 +30,7 @@ from data import TASKS
 from models import describe, load_model
 from prompts import build_prompt
 from rollout import PAPER_THINK_BUDGETS
-from trl_garl import GARLConfig, GARLTrainer
+from scale.trl_garl import GARLConfig, GARLTrainer
 
 
 def parse_args(argv=None):
@@ -58,7 +61,7 @@ def parse_args(argv=None):
       "max_completion_length; default: the paper's for the task, 24 on CPU)")
     a("--context-chars", type=int, default=None, help="cut each context to this many characters (0: never)")
     a("--steps", type=int, default=None, help="optimizer steps (one rollout batch each)")
-    a("--prompts-per-step", type=int, default=None, help="questions B per step, over all processes")
+    a("--B", type=int, default=None, help="questions B per step, over all processes")
     a("--micro-batch", type=int, default=None, help="rows per forward/backward on each process (TRL's "
       "per_device_train_batch_size); the gradient does not depend on it")
     a("--lr", type=float, default=None, help="learning rate, constant after --warmup-steps (default as in train.py)")
@@ -99,14 +102,14 @@ def parse_args(argv=None):
 
 def check_args(p, args):
     """Bad flags fail here, with the flag's name, before any model or data is loaded."""
-    for name in ["M", "steps", "prompts_per_step", "micro_batch", "think_budget", "save_every"]:
+    for name in ["M", "steps", "B", "micro_batch", "think_budget", "save_every"]:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.M < 2:
         p.error(f"--M must be >= 2 (GARL's leave-one-out baseline needs two samples), got {args.M}")
-    rows = args.prompts_per_step * args.M
+    rows = args.B * args.M
     if rows % (args.world_size * args.micro_batch):
-        p.error(f"--prompts-per-step {args.prompts_per_step} x --M {args.M} = {rows} rows per step must split evenly "
+        p.error(f"--B {args.B} x --M {args.M} = {rows} rows per step must split evenly "
                 f"into {args.world_size} process(es) x --micro-batch {args.micro_batch}")
     if args.data != "hub" and not os.path.isfile(args.data):
         p.error(f"--data {args.data}: no such file")
@@ -119,7 +122,7 @@ def check_args(p, args):
 
 def garl_config(args) -> GARLConfig:
     """The GARLConfig of these flags (errors name the config field)."""
-    accumulation = args.prompts_per_step * args.M // (args.world_size * args.micro_batch)
+    accumulation = args.B * args.M // (args.world_size * args.micro_batch)
     return GARLConfig(
         output_dir=args.out, estimator=args.estimator, q=args.q, q_schedule=args.q_schedule, q_final=args.q_final,
         q_steps=args.q_steps, paft_k=args.K, no_pathwise=args.no_pathwise, num_generations=args.M,
@@ -160,11 +163,11 @@ def main(argv=None):
     try:
         config = garl_config(args)  # before the model: ZeRO-3 partitions a model loaded after its config
     except ValueError as e:
-        sys.exit(f"train_trl.py: error: {e}")
+        sys.exit(f"scale/train_trl.py: error: {e}")
     print("config:", json.dumps(vars(args)))
     train_examples, _ = train.load_data(args)  # the same training questions as train.py
     print(f"data: {len(train_examples)} training questions ({args.task}, {args.start} start); "
-          f"{args.prompts_per_step} x {args.M} rows per step = {args.world_size} process(es) x "
+          f"{args.B} x {args.M} rows per step = {args.world_size} process(es) x "
           f"{config.gradient_accumulation_steps} micro-batch(es) of {args.micro_batch}")
     if args.model in ("tiny", "smollm2"):  # built in code: an instance
         model, tokenizer = load_model(args.model)

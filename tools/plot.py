@@ -1,7 +1,7 @@
 """Plot training curves from one or more runs' metrics.jsonl, overlaid, into one PNG.
 
-    python plot.py runs/hotpotqa-paft-q0.75-warm                      # one run -> runs/.../curves.png
-    python plot.py runs/a runs/b runs/c --out q-sweep.png             # several q (or estimators) compared
+    python tools/plot.py runs/hotpotqa-paft-q0.75-warm                      # one run -> runs/.../curves.png
+    python tools/plot.py runs/a runs/b runs/c --out q-sweep.png             # several q (or estimators) compared
 
 Panels, against the training step (names as train.py logs them, README "What a run writes"):
     w_bar_mean   the estimate of P = p(y*|x) on the step's questions (GARL/PAFT); GRPO: reward_mean
@@ -15,6 +15,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # as a script from anywhere: the library is the top-level folder
 
 PANELS = [("w_bar_mean", "w_bar (estimate of P)", "log"), ("j_q", "J_Q", "linear"),
           ("grad_norm", "gradient norm", "log"), ("val/maj@", "validation maj@n (%)", "linear")]
@@ -118,7 +121,7 @@ def main(argv=None):
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        sys.exit("plot.py needs matplotlib: pip install matplotlib (in requirements.txt)")
+        sys.exit("tools/plot.py needs matplotlib: pip install matplotlib (in requirements.txt)")
     runs = [load_run(Path(r)) for r in args.runs]
     if labels:
         runs = [(label, rows) for label, (_, rows) in zip(labels, runs)]

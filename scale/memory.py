@@ -5,7 +5,7 @@
     print(format_plan(plan, *device_memory("cuda")))   # the table, against the device's memory
     fit = check_fits(plan, device_memory("cuda")[1])   # fit.ok; else fit.flag names the setting to change
 
-    python memory.py                      # the paper's FinQA setup on Qwen3-0.6B's shape, against this machine
+    python scale/memory.py                      # the paper's FinQA setup on Qwen3-0.6B's shape, against this machine
 
 A step of train.py goes through four phases, one after the other. What is alive at each one's peak:
     generate        weights, gradients, optimizer state, the bf16 weight copies (autocast), the KV cache
@@ -28,7 +28,12 @@ device for them), and buffers below ~1% of a phase (position ids, token lists, P
 import argparse
 import math
 import os
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # as a script from anywhere: the library is the top-level folder
 
 FP32 = 4  # bytes of the master weights, their gradients and optimizer moments, and the residual stream
 DTYPE_BYTES = {"fp32": 4, "bf16": 2}  # compute dtype: bf16 autocast computes matmuls and attention in 2 bytes
