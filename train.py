@@ -136,6 +136,8 @@ def parse_args(argv=None):
     a("--val-subset", type=int, preset=True, help="questions of the validation set used by the periodic "
       "validations (0: all); the one after the last step always uses all of them")
     a("--save-every", type=int, preset=True, help="checkpoint every N steps (0: after the last step only)")
+    a("--checkpoints", action=argparse.BooleanOptionalAction, default=True,
+      help="write checkpoints (latest and best); --no-checkpoints: metrics only, for experiments that measure runs")
     a("--seed", type=int, default=0, help="seed for data order, sampling and resampling")
     a("--out", default=None, help="run directory (default runs/<task>-<estimator>-q<q>-<start>)")
     a("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
@@ -195,6 +197,8 @@ def check_args(p, args):
     if args.val_data and args.data == "hub":
         p.error("--val-data needs --data FILE too (with --data hub the validation set is the hub's val subset)")
     out = Path(args.out)
+    if args.resume and not args.checkpoints:
+        p.error("--resume needs checkpoints: drop --no-checkpoints")
     if args.resume and not (out / "latest").exists():
         p.error(f"--resume: {out} has no checkpoint to resume (no {out / 'latest'})")
     if not args.resume and not args.plan and (out / "run_config.json").exists():
@@ -546,13 +550,14 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
             if done or not args.val_subset:  # select the best checkpoint on the whole validation set only
                 if maj > best:  # the paper reports the checkpoint with the best validation maj@16
                     best = maj
-                    save_checkpoint(out, f"best-step-{step + 1:06d}", model, tokenizer, None, "best")
+                    if args.checkpoints:
+                        save_checkpoint(out, f"best-step-{step + 1:06d}", model, tokenizer, None, "best")
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(stats) + "\n")
         first, last = first or stats, stats
         bar.set_postfix({k: f"{stats[k]:.3g}" for k in ["loss", "w_bar_mean", "j_q", "reward_mean"] if k in stats})
 
-        if done or (args.save_every and (step + 1) % args.save_every == 0):
+        if args.checkpoints and (done or (args.save_every and (step + 1) % args.save_every == 0)):
             save_checkpoint(out, f"step-{step + 1:06d}", model, tokenizer,
                             trainer_state(optimizer, batches, step + 1, best, vars(args)), "latest")
     bar.close()
@@ -569,8 +574,8 @@ def summarize(args, first, last, best):
         if "j_q" in first:
             line += f", J_Q {first['j_q']:.3g} -> {last['j_q']:.3g}"
         print(line)
-    print(f"done: {args.out}/metrics.jsonl, checkpoints {args.out}/latest and {args.out}/best "
-          f"(val maj@{args.eval_n} {best:.1f})")
+    saved = f", checkpoints {args.out}/latest and {args.out}/best" if args.checkpoints else " (no checkpoints)"
+    print(f"done: {args.out}/metrics.jsonl{saved} (val maj@{args.eval_n} {best:.1f})")
 
 
 if __name__ == "__main__":
