@@ -4,6 +4,7 @@
     save_checkpoint(out, name, model, tokenizer, state, link)   write out/checkpoints/<name>, repoint out/<link>
     trainer_state(optimizer, batches, step, best, config)        what --resume needs besides the weights
     resume(out, optimizer, batches)                             restore it: (start step, best so far)
+    resume_problem(out, config, may_change)                      why --resume cannot continue out (None: it can)
     rng_state() / set_rng_state(state)                           every random number generator a step uses
 
 A run directory holds checkpoints/ and two symlinks, latest and best. A checkpoint is written in full
@@ -79,6 +80,23 @@ def trainer_state(optimizer, batches, step: int, best: float, config: dict) -> d
     """Everything but the weights that a resumed run needs to continue exactly where this one stops."""
     return {"optimizer": optimizer.state_dict(), "data": batches.state_dict(), "rng": rng_state(),
             "step": step, "best": best, "args": config}
+
+
+def resume_problem(out: Path, config: dict, may_change: set) -> str | None:
+    """What stops `config` from continuing the run in `out` (None: nothing): no checkpoint there, or
+    settings that differ from the saved run's in a key outside `may_change`.
+
+    >>> resume_problem(Path("/nonexistent"), {}, set())
+    '--resume: /nonexistent has no checkpoint to resume (no /nonexistent/latest)'
+    """
+    if not (out / "latest").exists():
+        return f"--resume: {out} has no checkpoint to resume (no {out / 'latest'})"
+    saved = json.loads((out / "run_config.json").read_text())
+    diff = {k: (saved.get(k), v) for k, v in config.items() if k not in may_change and saved.get(k) != v}
+    if diff:
+        given = ", ".join(f"--{k.replace('_', '-')} {a} vs {b}" for k, (a, b) in diff.items())
+        return f"--resume with different settings (saved vs given): {given}"
+    return None
 
 
 def resume(out: Path, optimizer, batches) -> tuple[int, float]:

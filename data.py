@@ -44,6 +44,9 @@ from pathlib import Path
 
 TASKS = ("finqa", "hotpotqa", "musique")
 SPLITS = ("train", "val", "test")
+SAMPLES = Path(__file__).resolve().parent / "samples"  # 40 real dev rows of each task, shipped (SOURCES.md)
+SAMPLE_FILES = {"finqa": SAMPLES / "finqa_dev_sample.json", "hotpotqa": SAMPLES / "hotpotqa_dev_distractor_sample.json",
+                "musique": SAMPLES / "musique_ans_dev_sample.jsonl"}
 
 # Hub copies. Evidence for each schema is noted where it was checked.
 # FinQA: the official train/dev/test JSON files (78.2 / 11 / 14.4 MB, the sizes of czyssrs/FinQA's
@@ -364,3 +367,75 @@ def carve_paper_subset(examples: list[dict], task: str, split: str, seed: int = 
         print(f"data: {task} {split}: {source} has {n} usable rows, fewer than the paper's "
               f"{wanted}; returning {len(chosen)}")
     return [examples[i] for i in chosen]
+
+
+# ------------------------------------------------------------------------------------------------ a run's questions
+def load_train_val(task: str, data: str, val_data: str | None = None, val_size: int = 0, train_size: int = 0,
+                   context_chars: int = 0, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """A training run's questions: (train, val), as train.py's --data, --val-data, --val-size,
+    --train-size and --context-chars ask.
+
+    data "hub": the paper's train subset, and its val subset unless val_data is given. A local file:
+    its rows train, and val_size of them, drawn with random.Random(seed), are held out for validation
+    (unless val_data is given). val_size / train_size keep the first N (0: all); context_chars cuts
+    each context to N characters (0: never), and says how many it cut.
+    """
+    hub = data == "hub"
+    if val_data and hub:
+        raise ValueError("--val-data needs --data FILE too (with --data hub the validation set is the hub's val subset)")
+    train = load_examples(task, "train", None if hub else data, seed)
+    if val_data:
+        val = load_examples(task, "val", val_data, seed)
+    elif hub:
+        val = load_examples(task, "val", None, seed)
+    else:  # hold out val_size questions of the local file
+        if not 0 < val_size < len(train):
+            raise ValueError(f"--val-size {val_size}: hold out between 1 and {len(train) - 1} of the {len(train)} "
+                             f"questions in --data {data}, or pass --val-data")
+        held = set(random.Random(seed).sample(range(len(train)), val_size))
+        val = [ex for i, ex in enumerate(train) if i in held]
+        train = [ex for i, ex in enumerate(train) if i not in held]
+    if val_size:
+        val = val[:val_size]
+    if train_size:
+        train = train[:train_size]
+    if context_chars:
+        cut = sum(len(ex["context"]) > context_chars for ex in train + val)
+        train = [dict(ex, context=ex["context"][:context_chars]) for ex in train]
+        val = [dict(ex, context=ex["context"][:context_chars]) for ex in val]
+        print(f"data: cut {cut} of {len(train) + len(val)} contexts to --context-chars {context_chars}")
+    return train, val
+
+
+class Batches:
+    """Questions in a seeded random order, reshuffled every epoch; its position is part of a checkpoint.
+
+    >>> b = Batches(["a", "b", "c"], seed=0); len(b.next(2) + b.next(2))   # the 4th question opens epoch 1
+    4
+    """
+
+    def __init__(self, examples, seed):
+        self.examples, self.seed, self.epoch, self.pos = examples, seed, 0, 0
+        self.order = self._order()
+
+    def _order(self):
+        order = list(range(len(self.examples)))
+        random.Random(self.seed * 1000003 + self.epoch).shuffle(order)
+        return order
+
+    def next(self, n):
+        batch = []
+        while len(batch) < n:
+            if self.pos == len(self.order):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self.order = self._order()
+            batch.append(self.examples[self.order[self.pos]])
+            self.pos += 1
+        return batch
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state):
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self.order = self._order()

@@ -17,6 +17,7 @@ The paper reports the test number of the checkpoint with the best validation maj
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -28,11 +29,12 @@ from tqdm import tqdm
 import rewards
 from data import TASKS, load_examples
 from prompts import prompt_ids
-from rollout import PAPER_THINK_BUDGETS, SpecialTokens, generate, release_buffers
+from rollout import PAPER_THINK_BUDGETS, SpecialTokens, generate
 
-# Project choice: the paper publishes no sampling settings; these are Qwen3's recommended settings
-# for thinking mode. Training samples at temperature 1 instead (on-policy, see train.py).
-EVAL_TEMPERATURE, EVAL_TOP_P = 0.6, 0.95
+# Project choice: the paper publishes no sampling settings; these are Qwen3's recommended settings for
+# thinking mode (temperature 0.6, top-p 0.95, top-k 20), applied as Hugging Face applies them: temperature,
+# then top-k, then top-p. Training samples at temperature 1 without truncation instead (on-policy, train.py).
+EVAL_TEMPERATURE, EVAL_TOP_P, EVAL_TOP_K = 0.6, 0.95, 20
 ANSWER_BUDGET = 128  # tokens kept for the answer after "</think>" (paper Sec. 7)
 
 
@@ -67,10 +69,12 @@ def score_question(answers: list[str], example: dict, task: str) -> tuple[dict, 
 @torch.no_grad()
 def evaluate(model, tokenizer, examples: list[dict], task: str, start: str, n: int, think_budget: int,
              answer_budget: int = ANSWER_BUDGET, temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P,
-             prompts_per_call: int = 1, progress: bool = True) -> tuple[dict, list[dict]]:
+             top_k: int = EVAL_TOP_K, prompts_per_call: int = 1, progress: bool = True, decode: str = "generate",
+             fast_buffers: tuple[int, int] | None = None) -> tuple[dict, list[dict]]:
     """Sample n answers per question and score them. Returns (metrics, per-question predictions).
 
-    Metric names use n: with n = 16, "p@16" and "maj@16", as in the paper.
+    Metric names use n: with n = 16, "p@16" and "maj@16", as in the paper. prompts_per_call questions
+    (x n rows) share one generate call; decode and fast_buffers choose the decoding path (rollout.generate).
     """
     tokens = SpecialTokens.of(tokenizer, model.generation_config)
     totals, predictions, forced = {}, [], 0
@@ -78,7 +82,8 @@ def evaluate(model, tokenizer, examples: list[dict], task: str, start: str, n: i
     for i in range(0, len(examples), prompts_per_call):
         batch = examples[i:i + prompts_per_call]
         prompts = [prompt_ids(tokenizer, ex, task, start) for ex in batch]
-        samples = generate(model, prompts, n, tokens, think_budget, answer_budget, temperature, top_p)
+        samples = generate(model, prompts, n, tokens, think_budget, answer_budget, temperature, top_p, top_k,
+                           decode=decode, fast_buffers=fast_buffers)
         for ex, group in zip(batch, samples):
             answers = extracted_answers(tokenizer, group)
             scores, majority = score_question(answers, ex, task)
@@ -89,11 +94,48 @@ def evaluate(model, tokenizer, examples: list[dict], task: str, start: str, n: i
                                 "aliases": ex["aliases"], "answers": answers, "majority": majority, **scores})
         bar.update(len(batch))
     bar.close()
-    release_buffers(model)  # the decoding cache (questions x n rows) is not kept once validation is over
     metrics = {key.replace("@n", f"@{n}"): 100.0 * value / len(examples) for key, value in totals.items()}
     metrics["forced_frac"] = forced / (n * len(examples))  # share of rationales cut by the thinking budget
     metrics["questions"] = len(examples)
     return metrics, predictions
+
+
+def decoding_work(rows: int, prompt_tokens: float, new_tokens: int) -> float:
+    """The work of one generate call, in row-positions read: sum over its steps of rows x context.
+
+    At long contexts a decoding step is bound by reading the KV cache, rows x (prompt + tokens so far)
+    positions; the weights (read once per step, whatever the rows) are left out: at the paper's scale
+    they are ~10% of a step. So time is not proportional to steps, nor to tokens alone.
+
+    >>> decoding_work(rows=2, prompt_tokens=10, new_tokens=3)   # 2 x (11 + 12 + 13)
+    72.0
+    """
+    return float(rows * (new_tokens * prompt_tokens + new_tokens * (new_tokens + 1) / 2))
+
+
+def validation_cost(args, n_val: int, train_prompt_tokens: float, val_prompt_tokens: float) -> tuple[str, float]:
+    """What validation costs next to training, in decoding time (decoding_work) and in generated tokens.
+
+    args: train.py's (steps, B, M, gen_batch, think_budget, answer_budget, estimator, eval_every, eval_n,
+    eval_batch, val_subset). Every row is assumed to run its whole budget (Qwen3's thinking mostly does).
+    Returns (one line to print, validation's share of the decoding time).
+    """
+    periodic = sum(1 for s in range(args.steps - 1) if args.eval_every and (s + 1) % args.eval_every == 0)
+    n_periodic = min(args.val_subset or n_val, n_val)
+    val_new = args.think_budget + args.answer_budget
+    train_new = args.think_budget + (args.answer_budget if args.estimator == "grpo" else 0)
+    gen = args.gen_batch or args.B
+    train_work = args.steps * math.ceil(args.B / gen) * decoding_work(gen * args.M, train_prompt_tokens, train_new)
+    val_work = sum(math.ceil(n / args.eval_batch) * decoding_work(args.eval_batch * args.eval_n, val_prompt_tokens,
+                                                                  val_new)
+                   for n in [n_periodic] * periodic + [n_val])
+    val_tokens = (periodic * n_periodic + n_val) * args.eval_n * val_new
+    train_tokens = args.steps * args.B * args.M * train_new
+    share = val_work / (val_work + train_work)
+    line = (f"validation: {periodic} periodic on {n_periodic} and 1 final on {n_val} questions x {args.eval_n} "
+            f"samples: ~{share:.0%} of the run's decoding time (rows x context), "
+            f"{val_tokens / (val_tokens + train_tokens):.0%} of its generated tokens")
+    return line, share
 
 
 def parse_args(argv=None):
@@ -109,15 +151,23 @@ def parse_args(argv=None):
                    help="thinking tokens before '</think>' is forced (default: the paper's budget for the task)")
     p.add_argument("--answer-budget", type=int, default=ANSWER_BUDGET, help="tokens for the answer")
     p.add_argument("--temperature", type=float, default=EVAL_TEMPERATURE, help="sampling temperature")
-    p.add_argument("--top-p", type=float, default=EVAL_TOP_P, help="nucleus sampling threshold")
+    p.add_argument("--top-p", type=float, default=EVAL_TOP_P, help="nucleus sampling threshold (1: off)")
+    p.add_argument("--top-k", type=int, default=EVAL_TOP_K, help="sample among the k most likely tokens (0: off)")
+    p.add_argument("--decode", choices=["generate", "fast"], default="generate",
+                   help="decoding path: Hugging Face generate (the reference) or fast/decode.py (same tokens, faster)")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N questions (0: all)")
-    p.add_argument("--prompts-per-call", type=int, default=1, help="questions per generate call (x n rows)")
+    p.add_argument("--prompts-per-call", type=int, default=4, help="questions per generate call (x n rows)")
     p.add_argument("--seed", type=int, default=0, help="subset carving and sampling seed")
     p.add_argument("--out", default=None, help="output directory (default: eval-<task>-<split> in the run directory of "
                    "a checkpoint, e.g. runs/x/eval-hotpotqa-test for --model runs/x/best; else under runs/)")
     args = p.parse_args(argv)
-    if args.n < 1:
-        p.error(f"-n must be >= 1, got {args.n}")
+    for name, value in [("-n", args.n), ("--prompts-per-call", args.prompts_per_call)]:
+        if value < 1:
+            p.error(f"{name} must be >= 1, got {value}")
+    if args.top_k < 0:
+        p.error(f"--top-k must be >= 0, got {args.top_k}")
+    if not (args.temperature > 0 and 0 < args.top_p <= 1):
+        p.error(f"--temperature must be > 0 and --top-p in (0, 1], got {args.temperature} and {args.top_p}")
     if args.data is not None and not os.path.isfile(args.data):
         p.error(f"--data {args.data}: no such file")
     return args
@@ -125,7 +175,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from models import load_model  # after argument checks: bad flags fail before any model loads
+    from models import ModelLoadError, load_model  # after argument checks: bad flags fail before any model loads
 
     think_budget = args.think_budget or PAPER_THINK_BUDGETS[args.task]
     try:  # data before the model: a bad file or an unreachable hub fails in seconds, not after the model load
@@ -137,12 +187,16 @@ def main(argv=None):
     if not examples:
         raise SystemExit(f"eval.py: no {args.task} questions to evaluate in {args.data or 'the hub split'}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_model(args.model, device=device)
+    try:
+        model, tokenizer = load_model(args.model, device=device)
+    except ModelLoadError as e:  # no such directory, a hub id without network: one line, no traceback
+        raise SystemExit(f"eval.py: {e}") from None
     torch.manual_seed(args.seed)
     t0 = time.time()
     with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
         metrics, predictions = evaluate(model, tokenizer, examples, args.task, args.start, args.n, think_budget,
-                                        args.answer_budget, args.temperature, args.top_p, args.prompts_per_call)
+                                        args.answer_budget, args.temperature, args.top_p, args.top_k,
+                                        args.prompts_per_call, decode=args.decode)
     metrics["seconds"] = time.time() - t0
     beside = Path(args.model).parent if os.path.isdir(args.model) else Path("runs")  # runs/x/best -> runs/x/
     out = Path(args.out or beside / f"eval-{args.task}-{args.split}")

@@ -30,41 +30,38 @@ from tqdm import tqdm
 from transformers.utils import logging as transformers_logging
 
 import rewards
-from checkpoint import resume, save_checkpoint, start_run, trainer_state
-from data import TASKS, load_examples
-from eval import evaluate, extracted_answers
+from checkpoint import resume, resume_problem, save_checkpoint, start_run, trainer_state
+from data import SAMPLE_FILES, TASKS, Batches, load_train_val
+from eval import EVAL_TEMPERATURE, EVAL_TOP_K, EVAL_TOP_P, evaluate, extracted_answers, validation_cost
 from garl import garl_coefficients, garl_stats
 from grpo import grpo_coefficients
 from logprobs import log_weights, sequence_logprobs
-from models import describe, load_model
+from models import ModelLoadError, describe, load_model
 from paft import paft_coefficients
 from prompts import gold_ids, prompt_ids, user_message
 from qlog import check_q, log_mean_exp, q_loss_of_log
-from rollout import PAPER_THINK_BUDGETS, SpecialTokens, generate, release_buffers
-
-ROOT = Path(__file__).resolve().parent
-SAMPLE_FILES = {"finqa": ROOT / "samples/finqa_dev_sample.json",
-                "hotpotqa": ROOT / "samples/hotpotqa_dev_distractor_sample.json",
-                "musique": ROOT / "samples/musique_ans_dev_sample.jsonl"}
+from rollout import PAPER_THINK_BUDGETS, SpecialTokens, generate
 
 # Every default that depends on the setup lives here, and only here. --preset picks one (default: "paper"
 # on CUDA, "cpu" otherwise); any flag given on the command line wins. The resolved values are printed at start.
 #   paper: the paper's setup (Sec. 7); what the paper leaves out (lr, batch, steps) is our choice.
 #   cpu:   a real 135M model that visibly learns on real HotPotQA rows within minutes on 2 cores.
 PRESETS = {
+    # paper: validation on a fixed 100 of the val questions every 50 steps keeps it at ~20% of the run's decoding
+    # time; the paper's protocol (all 872 FinQA val questions every 25 steps) is --val-size 0 --eval-every 25, ~80%.
     "paper": dict(model="Qwen/Qwen3-0.6B", task="finqa", data="hub", M=32, think_budget=None, answer_budget=128,
                   context_chars=0, steps=200, B=4, micro_batch=4, gen_batch=1, lr=1e-6,
-                  eval_every=25, eval_n=16, eval_batch=4, val_size=0, train_size=0, val_subset=0, save_every=25,
-                  precision="bf16", grad_ckpt=True),
+                  eval_every=50, eval_n=16, eval_batch=4, val_size=100, train_size=0, val_subset=0, save_every=25,
+                  precision="bf16", grad_ckpt=True, decode="fast", logprobs="fast"),
     # cpu: a sanity check that the pipeline learns, on 4 real HotPotQA questions seen at every step: short contexts
-    # and rationales, and a learning rate a 135M model needs to move visibly within minutes.
+    # and rationales, and a learning rate a 135M model needs to move visibly within minutes. The reference paths.
     "cpu": dict(model="smollm2", task="hotpotqa", data="sample", M=4, think_budget=16, answer_budget=16,
                 context_chars=200, steps=10, B=4, micro_batch=4, gen_batch=0, lr=3e-4,
                 eval_every=0, eval_n=4, eval_batch=4, val_size=4, train_size=4, val_subset=0, save_every=0,
-                precision="fp32", grad_ckpt=False),
+                precision="fp32", grad_ckpt=False, decode="generate", logprobs="plain"),
 }
 # Changing these on --resume is fine; anything else must match the run being resumed.
-RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "resume", "plan"}
+RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "resume", "plan", "decode", "logprobs"}
 
 
 def parse_args(argv=None):
@@ -129,6 +126,11 @@ def parse_args(argv=None):
     a("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
     a("--precision", choices=["bf16", "fp32"], preset=True, help="bf16 autocast over fp32 weights, or fp32")
     a("--grad-ckpt", action=argparse.BooleanOptionalAction, preset=True, help="gradient checkpointing")
+    # the fast paths: the same numbers as the reference, less time and memory (fast/, tested equal)
+    a("--decode", choices=["generate", "fast"], preset=True, help="rollouts with Hugging Face generate (rollout.py, "
+      "the reference) or fast/decode.py (shared prefill, static cache, one compiled step: the same tokens)")
+    a("--logprobs", choices=["plain", "fast"], preset=True, help="log-probs through the whole [N, T, V] logits "
+      "(logprobs.py, the reference) or fast/logprobs.py (chunked output layer, each prompt run once: the same numbers)")
     # validation, checkpoints, bookkeeping
     a("--eval-every", type=int, preset=True, help="validate every N steps, and after the last (0: after the last only)")
     a("--eval-n", type=int, preset=True, help="samples per validation question (the paper: 16)")
@@ -141,7 +143,7 @@ def parse_args(argv=None):
     a("--seed", type=int, default=0, help="seed for data order, sampling and resampling")
     a("--out", default=None, help="run directory (default runs/<task>-<estimator>-q<q>-<start>)")
     a("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    a("--plan", action="store_true", help="print the memory the run needs, phase by phase (memory.py), against the "
+    a("--plan", action="store_true", help="print the memory the run needs, phase by phase (scale/memory.py), against the "
       "device's, and exit before any model loads")
     args = p.parse_args(argv)
 
@@ -197,19 +199,14 @@ def check_args(p, args):
     if args.val_data and args.data == "hub":
         p.error("--val-data needs --data FILE too (with --data hub the validation set is the hub's val subset)")
     out = Path(args.out)
-    if args.resume and not args.checkpoints:
-        p.error("--resume needs checkpoints: drop --no-checkpoints")
-    if args.resume and not (out / "latest").exists():
-        p.error(f"--resume: {out} has no checkpoint to resume (no {out / 'latest'})")
     if not args.resume and not args.plan and (out / "run_config.json").exists():
         p.error(f"--out {out} already holds a run; pass --resume to continue it, or choose another --out")
+    if args.resume and not args.checkpoints:
+        p.error("--resume needs checkpoints: drop --no-checkpoints")
     if args.resume:
-        saved = json.loads((out / "run_config.json").read_text())
-        mine = {k: v for k, v in vars(args).items() if k not in RESUMABLE_CHANGES}
-        diff = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
-        if diff:
-            given = ", ".join(f"--{k} {a} vs {b}" for k, (a, b) in diff.items())
-            p.error(f"--resume with different settings (saved vs given): {given}")
+        problem = resume_problem(out, vars(args), RESUMABLE_CHANGES)
+        if problem:
+            p.error(problem)
 
 
 def q_at(step: int, schedule: str, q: float, q_final: float, q_steps: int) -> float:
@@ -227,18 +224,20 @@ def q_at(step: int, schedule: str, q: float, q_final: float, q_steps: int) -> fl
 
 # ------------------------------------------------------------------------------------------------ the algorithm
 def rollouts(model, tokenizer, examples, task, start, M, tokens, think_budget, answer_budget, gen_batch,
-             temperature=1.0, top_p=1.0):
+             temperature=1.0, top_p=1.0, decode="generate", fast_buffers=None):
     """Step 1: M rationales per question, groups[b][m] (rollout.Sample), gen_batch questions per generate call.
 
     answer_budget=None stops each row at its "</think>" (GARL, PAFT: the answer will be the gold one);
-    an int lets the model write its own answer after it (GRPO).
+    an int lets the model write its own answer after it (GRPO). Sampling is the model's own distribution
+    (temperature 1, no top-k, no top-p) unless temperature / top_p say otherwise. decode, fast_buffers:
+    which decoding path (rollout.generate).
     """
     prompts = [prompt_ids(tokenizer, ex, task, start) for ex in examples]
+    per_call = gen_batch or len(prompts)
     groups = []
-    for i in range(0, len(prompts), gen_batch or len(prompts)):
-        groups += generate(model, prompts[i:i + (gen_batch or len(prompts))], M, tokens, think_budget, answer_budget,
-                           temperature, top_p)
-    release_buffers(model)  # the decoding cache is not needed again before the next step's rollouts
+    for i in range(0, len(prompts), per_call):
+        groups += generate(model, prompts[i:i + per_call], M, tokens, think_budget, answer_budget, temperature, top_p,
+                           decode=decode, fast_buffers=fast_buffers)
     return groups
 
 
@@ -265,18 +264,20 @@ def grpo_rewards(groups, examples, tokenizer) -> torch.Tensor:
                          for group, ex in zip(groups, examples)], dtype=torch.float64)  # [B, M]
 
 
-def gradient_pass(model, groups, score_coef, path_coef, tokens, micro_batch, precision="fp32"):
+def gradient_pass(model, groups, score_coef, path_coef, tokens, micro_batch, precision="fp32", fast=False):
     """Step 4: loss = -(1/B) sum over sequences of (score_coef logp_z + path_coef logp_y), in micro-batches.
 
     score_coef, path_coef: [B, M]. The loss is a plain sum over sequences divided by the fixed B, so
     accumulating micro-batch gradients in .grad gives exactly the full-batch gradient, whatever
-    micro_batch is. Sequences whose two coefficients are 0 (a GRPO group with equal rewards, a PAFT
-    sample never resampled, a question with w = 0 everywhere) contribute nothing: we skip their
-    forward and backward passes. Returns (loss, number of sequences that went through the model).
+    micro_batch is. A sequence whose two coefficients are both 0 (a GRPO group with equal rewards, a PAFT
+    sample never resampled, a question with w = 0 everywhere) contributes nothing: we skip its forward and
+    backward passes. One coefficient 0 is not enough: when every rationale of a question gives the same w,
+    GARL's score_coef is 0 but its path_coef is not. Returns (loss, sequences that went through the model).
+    fast: logprobs.sequence_logprobs' fast path (the same numbers).
     """
     B = len(groups)
-    # One question's sequences stay together, so that a micro-batch shares its prompt (sequence_logprobs
-    # runs it once), and go longest first, so that a micro-batch pads little. The loss is a sum: order is free.
+    # One question's sequences stay together (the fast path runs their shared prompt once) and go longest
+    # first, so that a micro-batch pads little. The loss is a sum: the order is free.
     items = [(s, score_coef[b, m], path_coef[b, m]) for b, g in enumerate(groups)
              for m, s in sorted(enumerate(g), key=lambda ms: -len(ms[1].ids))
              if score_coef[b, m] != 0 or path_coef[b, m] != 0]
@@ -286,7 +287,7 @@ def gradient_pass(model, groups, score_coef, path_coef, tokens, micro_batch, pre
     for i in range(0, len(items), micro_batch):
         mb = items[i:i + micro_batch]
         with autocast(device.type, precision):
-            logp_z, logp_y = sequence_logprobs(model, [s for s, _, _ in mb], tokens)  # [mb] each, with gradient
+            logp_z, logp_y = sequence_logprobs(model, [s for s, _, _ in mb], tokens, fast=fast)  # [mb] each
         score = torch.stack([c for _, c, _ in mb]).to(device, torch.float32)  # [mb]
         path = torch.stack([c for _, _, c in mb]).to(device, torch.float32)  # [mb]
         loss = -(score * logp_z + path * logp_y).sum() / B
@@ -305,166 +306,17 @@ def monitor(groups, q, log_w=None, reward=None, estimator="garl") -> dict:
              "tokens_generated": sum(len(s.z_ids) + len(s.forced_ids) + (len(s.y_ids) if reward is not None else 0)
                                      for s in flat)}
     if log_w is not None:
-        stats.update(garl_stats(log_w, q))  # w_bar (the estimate of P) and GARL's max amplified advantage
-        if estimator != "garl":
-            del stats["max_amplified_advantage"]  # a GARL quantity; PAFT's weights are resampling counts
+        w_bar = log_mean_exp(log_w).exp()  # [B] w_bar = mean_m w_m, the estimate of P = p(y*|x) per question
+        stats.update(w_bar_mean=w_bar.mean().item(), w_bar_min=w_bar.min().item(), w_bar_max=w_bar.max().item())
         stats["j_q"] = q_loss_of_log(log_mean_exp(log_w), q).mean().item()  # J_Q, the loss being minimized
+        if estimator == "garl":  # max_m c_m / M^q: a few rare successes getting huge weight (paper Sec. 6.1)
+            stats["max_amplified_advantage"] = garl_stats(log_w, q)["max_amplified_advantage"]
     if reward is not None:
         stats["reward_mean"] = reward.mean().item()  # training accuracy (exact match)
     return stats
 
 
-# ------------------------------------------------------------------------------------------------ plumbing
-def autocast(device_type: str, precision: str):
-    """bf16 autocast over fp32 master weights (--precision bf16), or nothing."""
-    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def phase_timer(stats: dict, device: str):
-    """`with timer("generate"): ...` records stats["time_generate"] in seconds (GPU work included)."""
-    @contextlib.contextmanager
-    def timer(phase):
-        t = time.perf_counter()
-        yield
-        if device == "cuda":
-            torch.cuda.synchronize()  # so that the timing measures the GPU work, not its launch
-        stats[f"time_{phase}"] = stats.get(f"time_{phase}", 0.0) + time.perf_counter() - t
-    return timer
-
-
-class Batches:
-    """Questions in a seeded random order, reshuffled every epoch; its position is part of a checkpoint."""
-
-    def __init__(self, examples, seed):
-        self.examples, self.seed, self.epoch, self.pos = examples, seed, 0, 0
-        self.order = self._order()
-
-    def _order(self):
-        order = list(range(len(self.examples)))
-        random.Random(self.seed * 1000003 + self.epoch).shuffle(order)
-        return order
-
-    def next(self, n):
-        batch = []
-        while len(batch) < n:
-            if self.pos == len(self.order):
-                self.epoch, self.pos = self.epoch + 1, 0
-                self.order = self._order()
-            batch.append(self.examples[self.order[self.pos]])
-            self.pos += 1
-        return batch
-
-    def state_dict(self):
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, state):
-        self.epoch, self.pos = state["epoch"], state["pos"]
-        self.order = self._order()
-
-
-def load_data(args):
-    """Training and validation questions, contexts cut to --context-chars if set."""
-    hub = args.data == "hub"
-    train = load_examples(args.task, "train", None if hub else args.data, args.seed)
-    if args.val_data:
-        val = load_examples(args.task, "val", args.val_data, args.seed)
-    elif not hub:  # hold out --val-size questions of the local file
-        if not 0 < args.val_size < len(train):
-            raise SystemExit(f"--val-size {args.val_size}: hold out between 1 and {len(train) - 1} of the {len(train)} "
-                             f"questions in --data {args.data}, or pass --val-data")
-        held = set(random.Random(args.seed).sample(range(len(train)), args.val_size))
-        val = [ex for i, ex in enumerate(train) if i in held]
-        train = [ex for i, ex in enumerate(train) if i not in held]
-    else:
-        val = load_examples(args.task, "val", None, args.seed)
-    if args.val_size:
-        val = val[:args.val_size]
-    if args.train_size:
-        train = train[:args.train_size]
-    if args.context_chars:
-        cut = sum(len(ex["context"]) > args.context_chars for ex in train + val)
-        train = [dict(ex, context=ex["context"][:args.context_chars]) for ex in train]
-        val = [dict(ex, context=ex["context"][:args.context_chars]) for ex in val]
-        print(f"data: cut {cut} of {len(train) + len(val)} contexts to --context-chars {args.context_chars}")
-    return train, val
-
-
-def validation_cost(args, n_val: int) -> str:
-    """One line: what validation costs next to training, in decoding steps (the time of generation is
-    nearly flat in the batch's rows, so sequential decoding steps are the right proxy) and in tokens."""
-    periodic = [s for s in range(args.steps - 1) if args.eval_every and (s + 1) % args.eval_every == 0]
-    n_periodic = min(args.val_subset or n_val, n_val)
-    val_calls = len(periodic) * math.ceil(n_periodic / args.eval_batch) + math.ceil(n_val / args.eval_batch)
-    val_steps = val_calls * (args.think_budget + args.answer_budget)
-    val_tokens = (len(periodic) * n_periodic + n_val) * args.eval_n * (args.think_budget + args.answer_budget)
-    gen = args.gen_batch or args.B
-    train_steps = args.steps * math.ceil(args.B / gen) * (
-        args.think_budget + (args.answer_budget if args.estimator == "grpo" else 0))
-    train_tokens = args.steps * args.B * args.M * args.think_budget
-    return (f"validation: {len(periodic)} periodic on {n_periodic} and 1 final on {n_val} questions x {args.eval_n} "
-            f"samples, {args.eval_batch} questions per call: at most {val_steps / (val_steps + train_steps):.0%} of "
-            f"the run's decoding steps, {val_tokens / (val_tokens + train_tokens):.0%} of its generated tokens")
-
-
-def memory_plan(args, examples) -> tuple[str, "memory.Fit"]:
-    """The memory this run will need (memory.py's estimate), computed before any weights load.
-
-    Returns (the table, the fit against the device). The model's shape comes from its config alone, the
-    longest prompt's tokens from its characters (memory.prompt_tokens_of), and "</think>" is counted as
-    8 tokens, its longest spelling (the byte-level tiny tokenizer's).
-    """
-    from scale import memory
-    config = memory.config_for(args.model)
-    prompt = max(memory.prompt_tokens_of(user_message(ex, args.task, args.start)) for ex in examples)
-    prompt += 32  # the chat template's tokens around the user turn
-    think = args.think_budget + 8
-    plan = memory.estimate(
-        config, M=args.M, gen_questions=args.gen_batch or args.B, prompt_tokens=prompt,
-        max_new_tokens=think + (args.answer_budget if args.estimator == "grpo" else 0), micro_batch=args.micro_batch,
-        seq_tokens=prompt + think + args.answer_budget, grad_ckpt=args.grad_ckpt, precision=args.precision,
-        optimizer=args.optimizer, device=args.device, val_questions=args.eval_batch, eval_n=args.eval_n,
-        val_max_new_tokens=think + args.answer_budget)
-    name, total = memory.device_memory(args.device)
-    return memory.format_plan(plan, name, total), memory.check_fits(plan, total)
-
-
-def validate(args, model, tokenizer, val, step):
-    """Validation p@1 / p@n / maj@n, under its own fixed seed so that it never shifts training's RNG."""
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if args.device == "cuda" else []):
-        torch.manual_seed(args.seed + 7919 * (step + 1))
-        with autocast(args.device, args.precision):
-            metrics, _ = evaluate(model, tokenizer, val, args.task, args.start, args.eval_n, args.think_budget,
-                                  args.answer_budget, prompts_per_call=args.eval_batch, progress=True)
-    return {f"val/{k}": v for k, v in metrics.items()}
-
-
-# ------------------------------------------------------------------------------------------------ main loop
-def main(argv=None):
-    args = parse_args(argv)
-    print("config:", json.dumps(vars(args)))
-    try:
-        train_examples, val_examples = load_data(args)  # data errors surface before the (slow) model load
-    except (ValueError, FileNotFoundError) as e:  # a bad file or row, an unreachable hub: a message, no traceback
-        raise SystemExit(f"train.py: {e}") from None
-    print(f"data: {len(train_examples)} training and {len(val_examples)} validation questions "
-          f"({args.task}, {args.start} start)")
-    print(validation_cost(args, len(val_examples)))
-    table, fit = memory_plan(args, train_examples + val_examples)
-    if args.plan:
-        print(table)
-        print("fits" if fit.ok else f"does not fit: {fit.message}")
-        return None
-    print(f"memory: peak ~{fit.peak / 1e9:.1f} GB ({fit.phase}) of {fit.budget / 1e9:.1f} GB usable "
-          "(--plan prints the breakdown)")
-    if not fit.ok:  # refused before the (slow) model load, with the flag to change
-        raise SystemExit(f"train.py: does not fit: {fit.message} (--plan prints the breakdown)")
-    torch.manual_seed(args.seed)
-    transformers_logging.disable_progress_bar()  # one progress bar, ours: none for loading or saving weights
-    model, tokenizer = load_model(os.path.realpath(Path(args.out) / "latest") if args.resume else args.model,
-                                  device=args.device)
-    return train(args, model, tokenizer, train_examples, val_examples)
-
-
+# ------------------------------------------------------------------------------------------------ the loop
 def train(args, model, tokenizer, train_examples, val_examples) -> Path:
     """The training loop: `args` from parse_args, any model/tokenizer pair, lists of
     {question, context, answer, aliases} (data.load_examples)."""
@@ -486,6 +338,7 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
     else:
         start_step, best = start_run(out, vars(args))
     B, M = args.B, args.M
+    fast_buffers = decode_buffers(args, tokenizer, tokens, train_examples + val_examples)
     first = last = None  # the first and the last step's statistics, for the summary at the end
 
     bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc="train", file=sys.stdout)
@@ -502,7 +355,7 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
         with timer("generate"), autocast(args.device, args.precision):
             groups = rollouts(model, tokenizer, examples, args.task, args.start, M, tokens, args.think_budget,
                               args.answer_budget if args.estimator == "grpo" else None, args.gen_batch,
-                              args.temperature, args.top_p)  # groups[b][m]
+                              args.temperature, args.top_p, args.decode, fast_buffers)  # groups[b][m]
 
         # 2. GARL/PAFT: the gold answer y* after every rationale, scored without gradient: log w [B, M]
         #    GRPO: the answers the model wrote, scored by the verifier: reward [B, M]
@@ -511,7 +364,8 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
             if args.estimator in ("garl", "paft"):
                 attach_gold_answers(groups, examples, tokenizer)
                 flat = [s for g in groups for s in g]
-                log_w = log_weights(model, flat, tokens, args.micro_batch).view(B, M).double()  # [B, M] log w_m
+                log_w = log_weights(model, flat, tokens, args.micro_batch, fast=args.logprobs == "fast")
+                log_w = log_w.view(B, M).double()  # [B, M] log w_m = log p(y*|x, z_m)
             else:
                 reward = grpo_rewards(groups, examples, tokenizer)  # [B, M]
 
@@ -528,10 +382,10 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
                 score_coef = path_coef = grpo_coefficients(reward, lengths)  # [B, M]
 
         # 4. the gradient, accumulated over micro-batches
-        optimizer.zero_grad(set_to_none=True)
         with timer("backward"):
             stats["loss"], stats["seqs_in_grad_pass"] = gradient_pass(
-                model, groups, score_coef, path_coef, tokens, args.micro_batch, args.precision)
+                model, groups, score_coef, path_coef, tokens, args.micro_batch, args.precision,
+                fast=args.logprobs == "fast")
 
         # 5. the update. The norm is measured before clipping (clip_grad_norm_ returns it): a diagnostic.
         with timer("optimizer"):
@@ -539,19 +393,20 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
             max_norm = args.grad_clip if args.grad_clip > 0 else math.inf
             stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_norm).item() if has_grad else 0.0
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)  # free the gradients now, not after the next step's rollouts
 
         stats.update(monitor(groups, q, log_w, reward, args.estimator))
         done = step + 1 == args.steps
         if done or (args.eval_every and (step + 1) % args.eval_every == 0):
-            subset = val_examples if done or not args.val_subset else val_examples[:args.val_subset]
+            whole = done or not args.val_subset  # periodic validations may use a subset; the last one never does
             with timer("eval"):
-                stats.update(validate(args, model, tokenizer, subset, step))
+                stats.update(validate(args, model, tokenizer, val_examples if whole else val_examples[:args.val_subset],
+                                      step, fast_buffers))
             maj = stats[f"val/maj@{args.eval_n}"]
-            if done or not args.val_subset:  # select the best checkpoint on the whole validation set only
-                if maj > best:  # the paper reports the checkpoint with the best validation maj@16
-                    best = maj
-                    if args.checkpoints:
-                        save_checkpoint(out, f"best-step-{step + 1:06d}", model, tokenizer, None, "best")
+            if whole and maj > best:  # the paper reports the checkpoint with the best validation maj@16
+                best = maj
+                if args.checkpoints:
+                    save_checkpoint(out, f"best-step-{step + 1:06d}", model, tokenizer, None, "best")
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(stats) + "\n")
         first, last = first or stats, stats
@@ -565,8 +420,21 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
     return out
 
 
+def validate(args, model, tokenizer, val, step, fast_buffers=None):
+    """Validation p@1 / p@n / maj@n with Qwen3's evaluation sampling (eval.py), under its own fixed seed so
+    that it never shifts training's random numbers."""
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if args.device == "cuda" else []):
+        torch.manual_seed(args.seed + 7919 * (step + 1))
+        with autocast(args.device, args.precision):
+            metrics, _ = evaluate(model, tokenizer, val, args.task, args.start, args.eval_n, args.think_budget,
+                                  args.answer_budget, EVAL_TEMPERATURE, EVAL_TOP_P, EVAL_TOP_K,
+                                  prompts_per_call=args.eval_batch, progress=True, decode=args.decode,
+                                  fast_buffers=fast_buffers)
+    return {f"val/{k}": v for k, v in metrics.items()}
+
+
 def summarize(args, first, last, best):
-    """The run in three lines: did the quantity the estimator optimizes move?"""
+    """The run in two lines: did the quantity the estimator optimizes move?"""
     if first is not None and first is not last:
         key = "reward_mean" if args.estimator == "grpo" else "w_bar_mean"
         name = "reward (exact match)" if args.estimator == "grpo" else "w_bar (the estimate of P = p(y*|x))"
@@ -576,6 +444,71 @@ def summarize(args, first, last, best):
         print(line)
     saved = f", checkpoints {args.out}/latest and {args.out}/best" if args.checkpoints else " (no checkpoints)"
     print(f"done: {args.out}/metrics.jsonl{saved} (val maj@{args.eval_n} {best:.1f})")
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv=None):
+    args = parse_args(argv)
+    print("config:", json.dumps(vars(args)))
+    try:  # data errors surface before the (slow) model load: a bad file or row, an unreachable hub
+        train_examples, val_examples = load_train_val(args.task, args.data, args.val_data, args.val_size,
+                                                      args.train_size, args.context_chars, args.seed)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"train.py: {e}") from None
+    print(f"data: {len(train_examples)} training and {len(val_examples)} validation questions "
+          f"({args.task}, {args.start} start)")
+    from scale import memory  # the memory plan and validation's share of the run, before any model loads
+    prompt_tokens = [sum(memory.prompt_tokens_of(user_message(ex, args.task, args.start)) for ex in part) / len(part)
+                     for part in (train_examples, val_examples)]  # mean prompt tokens, estimated from characters
+    print(validation_cost(args, len(val_examples), *prompt_tokens)[0])
+    try:
+        table, fit = memory.plan_run(args, train_examples + val_examples)
+    except ValueError as e:  # a model whose shape is unknown offline: what to pass instead
+        raise SystemExit(f"train.py: {e}") from None
+    if args.plan:
+        print(table)
+        print("fits" if fit.ok else f"does not fit: {fit.message}")
+        return None
+    print(f"memory: peak ~{fit.peak / 1e9:.1f} GB ({fit.phase}) of {fit.budget / 1e9:.1f} GB usable "
+          "(--plan prints the breakdown)")
+    if not fit.ok:  # refused before the (slow) model load, with the flag to change
+        raise SystemExit(f"train.py: does not fit: {fit.message} (--plan prints the breakdown)")
+    torch.manual_seed(args.seed)
+    transformers_logging.disable_progress_bar()  # one progress bar, ours: none for loading or saving weights
+    try:
+        model, tokenizer = load_model(os.path.realpath(Path(args.out) / "latest") if args.resume else args.model,
+                                      device=args.device)
+    except ModelLoadError as e:  # no such directory, a hub id without network: one line, no traceback
+        raise SystemExit(f"train.py: {e}") from None
+    return train(args, model, tokenizer, train_examples, val_examples)
+
+
+# ------------------------------------------------------------------------------------------------ plumbing
+def autocast(device_type: str, precision: str):
+    """bf16 autocast over fp32 master weights (--precision bf16), or nothing."""
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def phase_timer(stats: dict, device: str):
+    """`with timer("generate"): ...` records stats["time_generate"] in seconds (GPU work included)."""
+    @contextlib.contextmanager
+    def timer(phase):
+        t = time.perf_counter()
+        yield
+        if device == "cuda":
+            torch.cuda.synchronize()  # so that the timing measures the GPU work, not its launch
+        stats[f"time_{phase}"] = stats.get(f"time_{phase}", 0.0) + time.perf_counter() - t
+    return timer
+
+
+def decode_buffers(args, tokenizer, tokens, examples) -> tuple[int, int] | None:
+    """--decode fast: (rows, positions) of the decoding buffers, sized once for the whole run (training rollouts
+    and validation share them), so that a compiled step never meets a new buffer (fast/decode.py). None otherwise."""
+    if args.decode != "fast":
+        return None
+    rows = max((args.gen_batch or args.B) * args.M, args.eval_batch * args.eval_n)
+    longest = max(len(prompt_ids(tokenizer, ex, args.task, args.start)) for ex in examples)
+    return rows, longest + args.think_budget + len(tokens.close_ids) + args.answer_budget
 
 
 if __name__ == "__main__":

@@ -212,3 +212,58 @@ def test_a_run_that_cannot_fit_is_refused_before_the_model_loads(tmp_path, monke
         train.main(FAST + ["--out", str(tmp_path / "x"), "--M", "100000", "--think-budget", "100000"])
     message = str(exit_info.value.code)
     assert "does not fit" in message and "--" in message.split("does not fit", 1)[1]
+
+
+def test_the_gradient_pass_keeps_a_sequence_whose_score_coef_alone_is_zero():
+    """When every rationale of a question gives the same w, GARL's score_coef is 0 but its path_coef is not:
+    such sequences must still go through the model (their answer tokens carry the pathwise gradient)."""
+    tok = models.build_tiny_tokenizer()
+    model = models.build_tiny_model(tok)
+    tokens = SpecialTokens.of(tok)
+    examples = [{"id": str(i), "question": q, "context": "Rush: a band.", "answer": "Rush", "aliases": []}
+                for i, q in enumerate(["Who?", "Which band?"])]
+    torch.manual_seed(2)
+    groups = train.rollouts(model, tok, examples, "hotpotqa", "warm", 3, tokens, 5, None, 0)
+    train.attach_gold_answers(groups, examples, tok)
+    score_coef = torch.tensor([[0.0, 0.0, 0.0], [0.3, -0.2, -0.1]], dtype=torch.float64)  # [B, M]
+    path_coef = torch.tensor([[0.2, 0.2, 0.2], [0.0, 0.5, 0.0]], dtype=torch.float64)  # [B, M]
+    model.zero_grad()
+    _, seqs = train.gradient_pass(model, groups, score_coef, path_coef, tokens, 2)
+    ours = [p.grad.clone() for p in model.parameters()]
+    assert seqs == 6  # every sequence has a nonzero coefficient
+    model.zero_grad()
+    logp_z, logp_y = sequence_logprobs(model, [s for g in groups for s in g], tokens)  # [6] each
+    (-(score_coef.flatten().float() * logp_z + path_coef.flatten().float() * logp_y).sum() / 2).backward()
+    for a, b in zip(ours, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+
+
+def test_best_is_selected_on_whole_validations_only(tmp_path, monkeypatch):
+    """--val-subset: periodic validations on a subset may score higher, but `best` is chosen on the whole set."""
+    def scripted(args, model, tokenizer, val, step, fast_buffers=None):  # the subset scores 100, the whole set 50
+        return {f"val/maj@{args.eval_n}": 100.0 if len(val) == 1 else 50.0}
+
+    monkeypatch.setattr(train, "validate", scripted)
+    out, lines = run(tmp_path, "--steps", "2", "--eval-every", "1", "--val-subset", "1")
+    assert [line["val/maj@2"] for line in lines] == [100.0, 50.0]
+    assert os.path.basename(os.path.realpath(out / "best")) == "best-step-000002"
+
+
+def test_the_paper_presets_validation_is_at_most_a_quarter_of_decoding(tmp_path):
+    """eval.validation_cost weights decoding by rows x context: the paper preset's default validation is <= 25% of
+    the run's decoding time; the paper's full protocol (every val question every 25 steps) is most of it."""
+    from data import load_examples
+    from prompts import user_message
+    from scale import memory
+    finqa = load_examples("finqa", None, "samples/finqa_dev_sample.json")
+    prompt = sum(memory.prompt_tokens_of(user_message(ex, "finqa", "warm")) for ex in finqa) / len(finqa)
+    args = train.parse_args(["--preset", "paper", "--out", str(tmp_path / "x")])
+    line, share = evaluator.validation_cost(args, args.val_size, prompt, prompt)
+    assert share <= 0.25 and "of the run's decoding time" in line
+    full = train.parse_args(["--preset", "paper", "--val-size", "0", "--eval-every", "25", "--out", str(tmp_path / "y")])
+    assert evaluator.validation_cost(full, 872, prompt, prompt)[1] > 0.6
+
+
+def test_no_checkpoints_writes_metrics_only(tmp_path):
+    out, lines = run(tmp_path, "--steps", "1", "--no-checkpoints")
+    assert len(lines) == 1 and not (out / "latest").exists() and not (out / "checkpoints").exists()
