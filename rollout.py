@@ -234,7 +234,7 @@ def generate(model, prompt_ids: list[list[int]], M: int, tokens: SpecialTokens, 
         vocab = model.get_output_embeddings().weight.shape[0]
         config = GenerationConfig(  # every option that changes what is drawn, set; the warpers come below
             do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_beams=1, num_return_sequences=M,
-            max_new_tokens=think_budget + C + (answer_budget or 0), min_new_tokens=0,
+            max_new_tokens=think_budget + C + (answer_budget or 0), min_length=0,
             eos_token_id=tokens.eos_ids, pad_token_id=tokens.pad_id, use_cache=True)
         processors = LogitsProcessorList([ThinkingBlockRules(L, tokens, think_budget, vocab, device),
                                           *sampling_warpers(temperature, top_k, top_p)])
