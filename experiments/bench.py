@@ -3,13 +3,14 @@
     python experiments/bench.py --model tiny                            # a smoke run, about 30 s
     python experiments/bench.py                                         # CPU: embedded SmolLM2, about 5 minutes
     python experiments/bench.py --model qwen3-shape                     # CUDA: Qwen3-0.6B's exact shape, random weights
-    python experiments/bench.py --model smollm2 --only-decode           # decoding speed only: plain vs fast path
+    python experiments/bench.py --model smollm2 --only-decode           # decoding speed only: generate vs fast path
 
 What is measured. One step of train.py's loop, with its own functions, for each estimator at the same
 model, questions B, samples M, thinking budget and micro-batch, one untimed warm-up step first, then
 --repeats steps (medians reported):
     generate    rollout.generate: M rationales per question ("</think>" forced at the budget); GRPO's
-                rows also write up to --answer-tokens answer tokens
+                rows also write up to --answer-tokens answer tokens; --decode picks its path (generate:
+                Hugging Face's generate, the reference; fast: fast/decode.py), printed in the header
     weights     GARL/PAFT: log_weights, log w = log p(y*|x, z) for every sample, no gradient
     estimator   the coefficient arithmetic (garl/paft/grpo_coefficients), as timed by train.py
     gradient    train.gradient_pass: forward + backward over the sequences with a nonzero coefficient
@@ -39,8 +40,9 @@ output layer, forward and backward. Counted from the samples: prompt tokens comp
 without sharing the prompt across samples (see prompt_tokens).
 
 Decoding speed (decode_speed; alone with --only-decode): row-tokens per second (rows x decoding steps
-per second) of rollout.decode, the plain loop, and rollout.decode_fast, eager and (on CUDA, or with
---decode-compile on) with its compiled step, in the rationale mode at --M and --think-budget, against
+per second) of each decoding path, named in every row: "generate" (rollout.generate's reference,
+Hugging Face's generate), "fast" (fast/decode.py, eager) and "fast+compile" (its compiled step; on CUDA,
+or with --decode-compile on), in the rationale mode at --M and --think-budget, against
 the bandwidth bound: a step must read every weight once and the keys and values of every filled
 position, so it takes at least (weight bytes + KV bytes) / memory bandwidth. Bandwidth: the datasheet
 number for H100/H200 (HBM_BANDWIDTH), on a CPU a measured read of 512 MB. Writes DIR/bench.json and
@@ -67,6 +69,7 @@ from transformers import Qwen3ForCausalLM
 import logprobs
 import rollout
 import train
+from fast.decode import decode_fast, release
 from garl import garl_coefficients
 from grpo import grpo_coefficients
 from paft import paft_coefficients
@@ -100,11 +103,13 @@ def parse_args(argv=None):
     a("--no-trl", action="store_true", help="skip TRL's GRPOTrainer")
     a("--only-decode", action="store_true",
       help="measure decoding speed only (no training steps, TRL or log-prob memory)")
-    a("--decode-paths", default="plain,fast,fast+compile",
-      help="decoding paths to time, comma-separated (fast+compile also needs --decode-compile; at long budgets "
-           "the plain loop is slow: leave it out)")
+    a("--decode", choices=["generate", "fast"], default="generate",
+      help="decoding path of the training steps' rollouts: generate (Hugging Face's, the reference) or fast")
+    a("--decode-paths", default="generate,fast,fast+compile",
+      help="decoding paths to time, comma-separated: generate (HF generate, the reference), fast (fast/decode.py, "
+           "eager), fast+compile (also needs --decode-compile; at long budgets generate is slow: leave it out)")
     a("--decode-compile", choices=["auto", "on", "off"], default="auto",
-      help="also time rollout.decode_fast with its compiled step (auto: on CUDA only; on a CPU compiling "
+      help="also time fast/decode.py with its compiled step (auto: on CUDA only; on a CPU compiling "
            "takes about a minute)")
     a("--bandwidth-gbs", type=float, default=None, help="device memory bandwidth in GB/s for the decoding bound "
       "(default: the datasheet number for H100/H200, a measured read bandwidth on a CPU)")
@@ -232,7 +237,7 @@ def our_step(est, model, tok, tokens, optimizer, examples, prompts, args, mem):
     step = Step(mem)
     with step.phase("generate"), train.autocast(args.device, precision):
         groups = rollout.generate(model, prompts, args.M, tokens, args.think_budget,
-                                  args.answer_tokens if est == "grpo" else None)
+                                  args.answer_tokens if est == "grpo" else None, decode=args.decode)
     if est == "grpo":
         reward = torch.tensor([[float(m % 2) for m in range(args.M)] for _ in groups])  # [B, M] synthetic
         lengths = torch.tensor([[len(s.z_ids) + len(s.y_ids) for s in g] for g in groups])  # [B, M]
@@ -270,7 +275,8 @@ def our_step(est, model, tok, tokens, optimizer, examples, prompts, args, mem):
 def prompt_tokens(groups, score_coef, path_coef, est, micro_batch) -> dict:
     """Prompt tokens each phase runs through the model, plain (every sample its own prompt) and shared,
     counted from the samples (both paths are exact, so this is bookkeeping, not a measurement):
-        generate   rollout.decode_fast prefills each prompt once for its M rows
+        generate   the fast path (--decode fast) prefills each prompt once for its M rows; Hugging Face's
+                   generate (--decode generate) runs it once per row, the plain count
         weights    logprobs.log_weights runs each prompt once for the whole weight pass
         gradient   train.gradient_pass's micro-batches (a question's sequences together, longest first,
                    zero-coefficient ones skipped); sequence_logprobs runs a prompt once per micro-batch
@@ -421,47 +427,53 @@ def decode_bytes(model, dtype, R: int, prompt_len: float, steps: int) -> tuple[f
 
 
 def decode_speed(model, tok, prompts, args) -> dict:
-    """Row-tokens per second of rollout.decode (plain) and rollout.decode_fast (eager; compiled), in the
-    rationale mode (no answer), at --M, --think-budget and the bench's prompts, against the bandwidth bound.
-    Each path: one warm-up call (compilation happens there), then --repeats calls with seeds shared
-    across paths, so that the paths' tokens can be compared. fp32: the same tokens. bf16: the paths round
-    differently, and one flipped token changes the rest of its row, so on a GPU "same tokens" can be
-    below 100% without a bug (tests/test_perf.py checks exactness in fp32)."""
+    """Row-tokens per second of each decoding path: "generate" (rollout.generate's reference, Hugging Face's
+    generate), "fast" (fast/decode.py, eager), "fast+compile" (its compiled step), in the rationale mode (no
+    answer), at --M, --think-budget and the bench's prompts, against the bandwidth bound. Each path: one
+    warm-up call (compilation happens there), then --repeats calls with seeds shared across paths, so that
+    the paths' tokens can be compared. fp32: the same tokens. bf16: the paths round differently, and one
+    flipped token changes the rest of its row, so on a GPU "same tokens" can be below 100% without a bug
+    (tests/test_fast_decode.py checks exactness in fp32)."""
     precision = "bf16" if args.device == "cuda" else "fp32"
     tokens = rollout.SpecialTokens.of(tok)
     compile = args.decode_compile == "on" or (args.decode_compile == "auto" and args.device == "cuda")
-    paths = {"plain": lambda rules: rollout.decode(model, prompts, args.M, rules),
-             "fast": lambda rules: rollout.decode_fast(model, prompts, args.M, rules, compile=False),
-             "fast+compile": lambda rules: rollout.decode_fast(model, prompts, args.M, rules, compile=True)}
+    budget = args.think_budget
+
+    def fast_path(compiled):
+        def run():
+            decoded = decode_fast(model, prompts, args.M, tokens, budget, compile=compiled)
+            return rollout.to_samples(prompts, args.M, decoded.tokens, tokens, budget, None)
+        return run
+    paths = {"generate": lambda: rollout.generate(model, prompts, args.M, tokens, budget, decode="generate"),
+             "fast": fast_path(False), "fast+compile": fast_path(True)}
     wanted = args.decode_paths.split(",")
     paths = {k: v for k, v in paths.items() if k in wanted and (k != "fast+compile" or compile)}
     R = len(prompts) * args.M
     out, seen = {}, {}
     with train.autocast(args.device, precision):
-        rules = rollout.Rules.of(model, tokens, args.think_budget, None, 1.0, 1.0)
         dtype = torch.get_autocast_dtype(args.device) if precision == "bf16" else next(model.parameters()).dtype
         for name, run in paths.items():
             torch.manual_seed(args.seed)
             t = time.perf_counter()
-            run(rules)  # warm-up
+            run()  # warm-up
             sync(args)
             warmup = time.perf_counter() - t
             times, drawn = [], []
             for r in range(args.repeats):
                 torch.manual_seed(args.seed + 1 + r)
                 t = time.perf_counter()
-                rows = run(rules)
+                groups = run()
                 sync(args)
                 times.append(time.perf_counter() - t)
-                drawn.append(rows.tokens[:, :rules.max_new].clone())
-            steps = int(rows.n)
+                drawn.append([s.ids for g in groups for s in g])
+            steps = max(len(s.z_ids) + len(s.forced_ids) for g in groups for s in g)  # decoding steps of the call
             seen[name] = drawn
-            same = (sum(torch.equal(a, b) for a, b in zip(drawn, seen["plain"])) / len(drawn)  # calls, same seeds
-                    if "plain" in seen else None)
+            same = (sum(a == b for a, b in zip(drawn, seen["generate"])) / len(drawn)  # calls, same seeds
+                    if "generate" in seen else None)
             out[name] = {"s": statistics.median(times), "warmup_s": warmup, "steps": steps,
                          "row_tokens_per_s": R * steps / statistics.median(times),
-                         "ms_per_step": 1e3 * statistics.median(times) / steps, "same_tokens_as_plain": same}
-        rollout.release(model)  # the fast path's buffers: not part of the training step's memory
+                         "ms_per_step": 1e3 * statistics.median(times) / steps, "same_tokens_as_generate": same}
+        release(model)  # the fast path's buffers: not part of the training step's memory
     bw, source = bandwidth(args)
     total, weights = decode_bytes(model, dtype, R, statistics.mean(map(len, prompts)), steps)
     bound = {"bandwidth_gbs": bw and bw / 1e9, "source": source, "rows": R, "steps": steps,
@@ -472,17 +484,21 @@ def decode_speed(model, tok, prompts, args) -> dict:
     return {"paths": out, "bound": bound}
 
 
+PATH_NAMES = {"generate": "generate (HF generate, reference)", "fast": "fast (fast/decode.py, eager)",
+              "fast+compile": "fast+compile (fast/decode.py, compiled step)"}
+
+
 def decode_table(decode) -> str:
     b = decode["bound"]
     bw = f"{b['bandwidth_gbs']:.0f} GB/s ({b['source']})" if b["bandwidth_gbs"] else b["source"]
     lines = [f"decoding: {b['rows']} rows x {b['steps']} steps, {b['dtype']}; bound: {b['mb_per_step']:.1f} MB "
              f"read per step ({b['weights_mb_per_step']:.1f} MB of weights) at {bw}",
-             "| path | row-tokens/s | ms/step | fraction of bound | warm-up s | same tokens as plain |",
+             "| decode path | row-tokens/s | ms/step | fraction of bound | warm-up s | same tokens as generate |",
              "|---|---|---|---|---|---|"]
     for name, p in decode["paths"].items():
         frac = f"{p['fraction_of_bound']:.1%}" if p["fraction_of_bound"] else "-"
-        same = "-" if p["same_tokens_as_plain"] is None else f"{p['same_tokens_as_plain']:.0%}"
-        lines.append(f"| {name} | {p['row_tokens_per_s']:.1f} | {p['ms_per_step']:.2f} | {frac} | "
+        same = "-" if p["same_tokens_as_generate"] is None else f"{p['same_tokens_as_generate']:.0%}"
+        lines.append(f"| {PATH_NAMES.get(name, name)} | {p['row_tokens_per_s']:.1f} | {p['ms_per_step']:.2f} | {frac} | "
                      f"{p['warmup_s']:.1f} | {same} |")
     if b["row_tokens_per_s"]:
         ms = 1e3 * b["rows"] / b["row_tokens_per_s"]
@@ -551,7 +567,8 @@ def main(argv=None):
     examples, prompts = make_examples(tok, args)
     print(f"bench: {args.model} -> {describe(model)} on {args.device}; B={args.prompts} M={args.M} "
           f"prompt={[len(p) for p in prompts]} tokens, think budget {args.think_budget}, answer {args.answer_tokens}, "
-          f"micro-batch {args.micro_batch}, {args.repeats} repeats after a warm-up", flush=True)
+          f"micro-batch {args.micro_batch}, {args.repeats} repeats after a warm-up; training rollouts decode with "
+          f"{args.decode!r}", flush=True)
     if args.only_decode:
         decode = decode_speed(model, tok, prompts, args)
         result = {"config": vars(args), "model": describe(model), "decode": decode}

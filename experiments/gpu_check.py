@@ -5,12 +5,20 @@ Qwen3-0.6B's exact shape (as `bench.py --model qwen3-shape`) with the byte-level
     python experiments/gpu_check.py                 # one H100/H200: about 5 minutes with eager decoding
     python experiments/gpu_check.py --cpu-smoke     # the same code path at tiny sizes on a CPU, < 1 minute
 
-1. bench   one GARL step with train.py's functions (experiments/memory_check.py: rollout.generate, the
-           weight pass, train.gradient_pass, clip + AdamW), M = 32, a ~1024-token prompt, micro-batch 4,
-           bf16 autocast over fp32 weights, gradient checkpointing, at thinking budgets 1024 and 4096
-           (each after a 4-token warm-up step that creates the gradients and AdamW's state). Per phase:
-           time, and peak memory (torch.cuda.max_memory_allocated, reset per phase) against memory.py;
-           decoding tokens/s against the bound that HBM bandwidth sets; the dtypes of the KV cache.
+1. bench   one GARL step with train.py's functions (experiments/memory_check.py: rollout.generate with
+           decode="fast", the weight pass, train.gradient_pass, clip + AdamW), M = 32, a ~1024-token prompt,
+           micro-batch 4, bf16 autocast over fp32 weights, gradient checkpointing, at thinking budgets 1024
+           and 4096, each measured on the SECOND step at that budget: the first (untimed) creates the
+           gradients and AdamW's state and compiles the decoding step and records its CUDA graphs, so the
+           measured step times decoding, not compilation (the number of compilations in the measured step
+           is printed: 0 expected). Per phase: time, and peak memory (torch.cuda.max_memory_allocated,
+           reset per phase) against memory.py; decoding tokens/s against the bound that HBM bandwidth sets;
+           the dtypes of the KV cache, read from the fast path's kept buffers after the call.
+   logprobs  teacher-forced: the per-token log-probs the fast path recorded while decoding (bf16, compiled)
+           against the plain computation (the whole sequence through the model under bf16 autocast,
+           log-softmax, EOS banned inside the rationale), on 4 rows at the first budget: at most
+           LOGP_TOLERANCE nats apart per token. On a GPU tokens are not compared: the GEMM shapes and
+           kernels of the two computations differ, so bf16 rounds differently.
 2. train   a synthetic HotPotQA file (the original JSON format) and the random-init checkpoint with its
            tokenizer, then `train.py --model DIR --data FILE` (train.main, in this process, so that its
            peak memory is measurable) for two steps at the paper's defaults (M 32, micro-batch 4,
@@ -44,14 +52,18 @@ from scale import memory
 import train
 from experiments import memory_check
 from data import load_examples, parse_hotpotqa
+from fast.decode import decode_fast, release
 from prompts import gold_ids, prompt_ids
-from rollout import SpecialTokens
+from rollout import SpecialTokens, to_samples
 
 # HBM bandwidth in GB/s by device name (vendor data sheets); --bandwidth-gbs overrides.
 BANDWIDTH_GBS = {"H200": 4800, "H100 SXM": 3350, "H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H100 NVL": 3900,
                  "GH200": 4000, "A100-SXM4-80GB": 2039, "A100 80GB PCIe": 1935, "A100-SXM4-40GB": 1555,
                  "A100-PCIE-40GB": 1555, "L40S": 864, "A10G": 600}
 ROOT = Path(__file__).resolve().parent.parent
+# bf16 keeps 8 significant bits: a logit of magnitude ~10 is rounded by up to ~0.04, differently by the two
+# computations (measured on the CPU, tiny model: at most 7.6e-3; tests/test_fast_decode.py checks fp32 to 1e-4).
+LOGP_TOLERANCE = 0.1
 
 
 def parse_args(argv=None):
@@ -113,10 +125,10 @@ def bench_part(args, model, tok, results):
     for budget in args.budgets:
         margs = memory_check.parse_args(["--model", args.model, "--M", str(args.M), "--prompt-tokens",
                                          str(args.prompt_tokens), "--think-budget", str(budget), "--micro-batch", "4",
-                                         "--precision", "bf16", "--grad-ckpt", "--measure", "torch"])
+                                         "--precision", "bf16", "--grad-ckpt", "--measure", "torch", "--decode", "fast"])
         margs.device = args.device
         t = time.perf_counter()
-        r = memory_check.measure(margs, model, tok)
+        r = memory_check.measure(margs, model, tok, warmup_budget=budget)  # warm-up step at the measured budget
         gen = r["phases"]["generate"]
         seconds = gen.get("cuda_seconds", gen.get("torch_seconds"))
         kv_bytes = memory_check.kv_cache_bytes(r["kv_dtypes"]) or 2
@@ -124,13 +136,14 @@ def bench_part(args, model, tok, results):
         line = {"budget": budget, "prompt_tokens": r["prompt_tokens"], "kv_dtypes": r["kv_dtypes"],
                 "generated": r["generated"], "decode_tokens_per_s": r["generated"] / seconds,
                 "bound_tokens_per_s": decode_bound(model.config, rows, r["prompt_tokens"], new, kv_bytes, bw) if bw else None,
-                "phases": r["phases"], "wall_s": time.perf_counter() - t}
+                "compilations_measured": r["compilations"], "phases": r["phases"], "wall_s": time.perf_counter() - t}
         results["bench"].append(line)
         print(f"\n[1] bench, think budget {budget}: {r['generated']} tokens generated in {seconds:.1f} s = "
               f"{line['decode_tokens_per_s']:.0f} tokens/s"
               + (f" (bandwidth bound {line['bound_tokens_per_s']:.0f} tokens/s, "
                  f"{line['decode_tokens_per_s'] / line['bound_tokens_per_s']:.1%} of it)" if bw else " (no bandwidth known)")
-              + f"; KV cache dtypes {r['kv_dtypes'] or 'not seen'}")
+              + f"; KV cache dtypes {r['kv_dtypes'] or 'not seen'}; compilations in the measured step: {r['compilations']}"
+              f" ({torch._dynamo.utils.counters['stats']['unique_graphs']} so far)")
         print(memory_check.report(r), flush=True)
         if args.full_bench:
             cmd = [sys.executable, str(ROOT / "experiments" / "bench.py"), "--model", "qwen3-shape", "--M", str(args.M),
@@ -138,6 +151,34 @@ def bench_part(args, model, tok, results):
                    "--repeats", "1", "--out", str(args.out / f"bench-{budget}")]
             print("[1] " + " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
+
+
+def logprob_check(args, model, tok, results, rows=4):
+    """The fast path's recorded per-token log-probs against the plain, teacher-forced computation (bf16)."""
+    tokens, budget = SpecialTokens.of(tok), args.budgets[0]
+    example = memory_check.make_example(tok, args.prompt_tokens, 4)
+    prompts = [prompt_ids(tok, example, "finqa", "warm")]
+    with torch.no_grad(), train.autocast(args.device, "bf16"):
+        torch.manual_seed(0)
+        decoded = decode_fast(model, prompts, args.M, tokens, budget)  # the shape bench_part compiled
+        fast = decoded.logp[:rows].float().clone()  # [rows, max_new]
+        samples = to_samples(prompts, args.M, decoded.tokens, tokens, budget, None)[0][:rows]
+        worst, total, count = 0.0, 0.0, 0
+        for r, s in enumerate(samples):
+            z0, z = len(s.prompt_ids), len(s.z_ids)
+            ids = torch.tensor([s.ids], device=args.device)  # [1, T]
+            logits = model(input_ids=ids).logits[0, z0 - 1:z0 - 1 + z].float()  # [z, V] predicting z's tokens
+            logits[:, tokens.eos_ids] = float("-inf")  # the rationale's sampler never sees EOS
+            plain = logits.log_softmax(-1).gather(1, ids[0, z0:z0 + z, None])[:, 0]  # [z]
+            diff = (plain - fast[r, :z]).abs()
+            worst, total, count = max(worst, diff.max().item()), total + diff.sum().item(), count + z
+    results["logprobs"] = {"rows": rows, "tokens": count, "max_abs_diff": worst, "mean_abs_diff": total / count,
+                           "tolerance": LOGP_TOLERANCE, "ok": worst <= LOGP_TOLERANCE}
+    print(f"\n[1] log-probs, teacher-forced: fast path vs plain over {count} rationale tokens of {rows} rows, bf16: "
+          f"max |diff| {worst:.2e}, mean {total / count:.2e} nats (tolerance {LOGP_TOLERANCE}): "
+          + ("ok" if worst <= LOGP_TOLERANCE else "FAILED"), flush=True)
+    if worst > LOGP_TOLERANCE:
+        raise RuntimeError(f"the fast path's log-probs differ from the plain computation by {worst:.3g} nats")
 
 
 # ------------------------------------------------------------------------------------------------ part 2
@@ -210,10 +251,12 @@ def main(argv=None):
     model, tok = memory_check.build(margs)
     if not args.skip_bench:
         bench_part(args, model, tok, results)
+        logprob_check(args, model, tok, results)
     ckpt, config = args.out / "model", model.config
     if not args.skip_train:
         model.save_pretrained(ckpt)  # the random-init checkpoint train.py loads
         tok.save_pretrained(ckpt)
+    release(model)  # the fast path's kept buffers, twin and graphs
     del model  # weights and gradients off the device before train.py measures its own peak
     gc.collect()
     if args.device == "cuda":

@@ -69,6 +69,8 @@ def parse_args(argv=None):
     a("--precision", choices=["fp32", "bf16"], default="fp32", help="fp32, or bf16 autocast over fp32 weights")
     a("--grad-ckpt", action=argparse.BooleanOptionalAction, default=False, help="gradient checkpointing")
     a("--optimizer", choices=["adamw", "sgd"], default="adamw", help="optimizer")
+    a("--decode", choices=["generate", "fast"], default="generate",
+      help="rollout.generate's decoding path: generate (Hugging Face's, the reference) or fast (fast/decode.py)")
     a("--threads", type=int, default=1, help="CPU threads for torch")
     a("--measure", choices=["torch", "rss", "both"], default="both",
       help="CPU: the allocator's live bytes (torch's profiler), the peak resident set size, or both")
@@ -197,10 +199,9 @@ def kv_dtypes(model):
         layers = getattr(cache, "layers", None)
         if layers and getattr(layers[0], "keys", None) is not None and layers[0].keys.numel():
             seen["keys"], seen["values"] = str(layers[0].keys.dtype), str(layers[0].values.dtype)
-    # The fast decoding path runs a twin of the model (rollout.decode_fast), made at the first call: hook that.
-    decoder = rollout._DECODERS.get(model)
-    target = decoder.twin if decoder is not None else model
-    return seen, target.register_forward_pre_hook(hook, with_kwargs=True)
+    # The generate path decodes with the model itself. The fast path's step runs a twin (compiled on CUDA: no hook
+    # is traced into it): its cache is read from the kept buffers after the call (fast.decode.kv_cache_dtypes).
+    return seen, model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 # ------------------------------------------------------------------------------------------------ one step
@@ -210,8 +211,7 @@ def step(model, tok, tokens, optimizer, example, args, budget, meter=None):
     block = meter.phase if meter else (lambda: contextlib.nullcontext(SimpleNamespace()))
     prompts = [prompt_ids(tok, example, "finqa", "warm")]
     with block() as m, train.autocast(args.device, args.precision):
-        groups = rollout.generate(model, prompts, args.M, tokens, budget)
-        rollout.release_buffers(model)  # as train.rollouts does
+        groups = rollout.generate(model, prompts, args.M, tokens, budget, decode=getattr(args, "decode", "generate"))
     phases["generate"] = m
     with block() as m, train.autocast(args.device, args.precision):
         train.attach_gold_answers(groups, [example], tok)
@@ -250,7 +250,7 @@ def plan_for(config, tok, example, args, kv_dtypes) -> memory.Plan:
                            device=args.device, kv_cache_bytes=kv_cache_bytes(kv_dtypes))
 
 
-def measure(args, model=None, tok=None) -> dict:
+def measure(args, model=None, tok=None, warmup_budget: int = 4) -> dict:
     """Estimate and measure one step for args; returns both, phase by phase (bytes).
 
     On CUDA one measured step (max_memory_allocated); on a CPU, args.measure picks "torch" (the CPU
@@ -268,7 +268,10 @@ def measure(args, model=None, tok=None) -> dict:
     optimizer = (torch.optim.AdamW(params, lr=1e-6) if args.optimizer == "adamw" else torch.optim.SGD(params, lr=1e-6))
     example = make_example(tok, args.prompt_tokens, args.answer_tokens)
     torch.manual_seed(args.seed)
-    step(model, tok, tokens, optimizer, example, args, budget=4)  # creates the gradients and the optimizer state
+    # The warm-up step creates the gradients and the optimizer state (and, at the measured budget, compiles the
+    # fast path's step for it, so that the measured step measures decoding, not compilation).
+    step(model, tok, tokens, optimizer, example, args, budget=warmup_budget)
+    compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     seen, handle = kv_dtypes(model)
     kinds = ["cuda"] if args.device == "cuda" else (["rss", "torch"] if args.measure == "both" else [args.measure])
     if "rss" in kinds and any(os.environ.get(k) != v for k, v in MMAP_ENV.items()):
@@ -279,6 +282,10 @@ def measure(args, model=None, tok=None) -> dict:
     for kind in kinds:
         measured[kind], counts = step(model, tok, tokens, optimizer, example, args, args.think_budget, PhasePeak(kind))
     handle.remove()
+    compilations = torch._dynamo.utils.counters["stats"]["unique_graphs"] - compiled  # in the measured step
+    if getattr(args, "decode", "generate") == "fast":
+        from fast.decode import kv_cache_dtypes
+        seen.update(kv_cache_dtypes(model) or {})  # the kept buffers, which stay allocated (train.py frees them at the end)
 
     prompt = len(prompt_ids(tok, example, "finqa", "warm"))
     plan = plan_for(model.config, tok, example, args, seen)
@@ -295,7 +302,7 @@ def measure(args, model=None, tok=None) -> dict:
             if kind == "cuda":
                 r["cuda_total"] = m.peak
     return {"config": dict(vars(args)), "kinds": kinds, "prompt_tokens": prompt, "plan": plan, "phases": rows,
-            "kv_dtypes": seen, **counts}
+            "kv_dtypes": seen, "compilations": compilations, **counts}
 
 
 def report(result) -> str:

@@ -2,14 +2,14 @@
 model built in code."""
 import pytest
 import torch
-from transformers import DynamicCache
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 import models
 import rollout
 from prompts import THINK_CLOSE, build_prompt, gold_ids, gold_text, prompt_ids, user_message
 from logprobs import log_weights, sequence_logprobs
-from rollout import Rows, Rules, Sample, SpecialTokens, generate
+from fast.decode import DecodingState, SamplingRule, choose_next_token, sample
+from rollout import Sample, SpecialTokens, generate
 
 EXAMPLE = {"id": "x", "question": "Which band recorded Counterparts?",
            "context": "Rush: Rush is a Canadian rock band.\n\nCounterparts: an album by Rush.", "answer": "Rush",
@@ -78,17 +78,23 @@ def test_natural_close_is_kept_in_z_and_not_forced():
         assert s.z_ids[-1] == tokens.close_ids[0] and s.forced_ids == [] and len(s.z_ids) <= 20
 
 
+def fresh_state(R, width, pad):
+    z = lambda *shape, dtype=torch.long: torch.zeros(*shape, dtype=dtype)
+    return DecodingState(z(R, width), z(R, width, dtype=torch.float), z(R), z(R, dtype=torch.bool), z(())).reset(pad)
+
+
 def test_the_step_rule_on_a_scripted_multi_token_close():
-    """Drive `pick` by hand: natural close of a 3-token "</think>", EOS banned while thinking, then forcing."""
-    close, eos, V = [5, 6, 7], 9, 10
-    rules = Rules(close=torch.tensor(close), eos=torch.arange(V) == eos, pad=0, think_budget=5, answer_budget=0,
-                  temperature=1.0, top_p=1.0)
+    """Drive the fast path's step rule by hand: natural close of a 3-token "</think>", EOS banned while
+    thinking, then forcing."""
+    tokens = SpecialTokens(close_ids=[5, 6, 7], eos_ids=[9], pad_id=0)
+    eos, V = 9, 10
+    rules = SamplingRule.of(tokens, V, "cpu", think_budget=5)
     script = [[1, 5, 6, 7, 2, 2, 2, 2], [eos, 1, 1, 1, 1, 3, 3, 3]]  # what each row "wants" to sample
-    rows = Rows(2, rules.max_new, "cpu").reset(rules.pad)
+    rows = fresh_state(2, rules.max_new, rules.pad)
     for t in range(8):
         logits = torch.full((2, V), -5.0)
         logits[[0, 1], [script[0][t], script[1][t]]] = 5.0
-        rollout.pick(rows, logits, torch.ones(2, V), rules)  # noise 1: the most likely token (the first on ties)
+        choose_next_token(rows, logits, torch.ones(2, V), rules)  # noise 1: the most likely token (first on ties)
     assert rows.closed_at.tolist() == [4, 8]  # row 0 closed naturally after 4 tokens, row 1 forced at 5 + 3
     assert rows.tokens[0].tolist() == [1, 5, 6, 7, 0, 0, 0, 0]  # row 0: padding once done
     assert rows.tokens[1].tolist() == [0, 1, 1, 1, 1, 5, 6, 7]  # EOS banned while thinking (0 won the tie), forced
@@ -96,18 +102,19 @@ def test_the_step_rule_on_a_scripted_multi_token_close():
 
 
 def test_answer_mode_stops_at_eos_or_the_answer_budget():
-    close, eos, V = [5], 9, 10
-    rules = Rules(close=torch.tensor(close), eos=torch.arange(V) == eos, pad=eos, think_budget=2, answer_budget=3,
-                  temperature=1.0, top_p=1.0)
+    tokens = SpecialTokens(close_ids=[5], eos_ids=[9], pad_id=9)
+    eos, V = 9, 10
+    rules = SamplingRule.of(tokens, V, "cpu", think_budget=2, answer_budget=3)
     script = [[1, 5, 2, eos, 2, 2], [1, 1, 2, 2, 2, 2]]  # row 0 closes, answers "2" and EOS; row 1 is forced
-    rows = Rows(2, rules.max_new, "cpu").reset(rules.pad)
+    rows = fresh_state(2, rules.max_new, rules.pad)
     for t in range(rules.max_new):
         logits = torch.full((2, V), -5.0)
         logits[[0, 1], [script[0][t], script[1][t]]] = 5.0
-        rollout.pick(rows, logits, torch.ones(2, V), rules)
+        choose_next_token(rows, logits, torch.ones(2, V), rules)
     assert rows.closed_at.tolist() == [2, 3]
     assert rows.tokens.tolist() == [[1, 5, 2, eos, eos, eos], [1, 1, 5, 2, 2, 2]]  # row 1: 3 answer tokens, no EOS
-    samples = rollout.to_samples([[8], [8]], 1, rows, rules)
+    assert rollout.rationale_closed_at(rows.tokens, torch.tensor([5])).tolist() == [2, 3]  # generate's reading
+    samples = rollout.to_samples([[8], [8]], 1, rows.tokens, tokens, 2, 3)
     assert samples[0][0].y_ids == [2, eos] and samples[1][0].y_ids == [2, 2, 2]
     assert samples[1][0].z_ids == [1, 1] and samples[1][0].forced_ids == [5]
 
@@ -117,16 +124,56 @@ def test_the_sampler_draws_what_torch_multinomial_draws():
     torch.manual_seed(0)
     expected = torch.multinomial(probs, 1)[:, 0]
     torch.manual_seed(0)
-    assert torch.equal(rollout.sample(probs, torch.empty(6, 300).exponential_()), expected)
+    assert torch.equal(sample(probs, torch.empty(6, 300).exponential_()), expected)
 
 
-@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.6, 0.95), (1.3, 0.5)])
-def test_temperature_and_top_p_are_transformers_warpers(temperature, top_p):
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.6, 20, 0.95), (1.3, 0, 0.5), (1.0, 3, 1.0)])
+def test_the_warpers_are_transformers_own_in_generates_order(temperature, top_k, top_p):
+    """sampling_warpers: HF's warpers, temperature -> top-k -> top-p (as generate orders them); none when neutral."""
+    warpers = rollout.sampling_warpers(temperature, top_k, top_p)
+    expected = [w for w, on in [(TemperatureLogitsWarper, temperature != 1), (TopKLogitsWarper, top_k > 0),
+                                (TopPLogitsWarper, top_p < 1)] if on]
+    assert [type(w) for w in warpers] == expected
     logits = 4 * torch.randn(5, 300)
-    expected = TemperatureLogitsWarper(temperature)(None, logits)
+    reference = logits / temperature
+    if top_k:
+        reference = reference.masked_fill(reference < reference.topk(top_k).values[:, -1:], float("-inf"))
     if top_p < 1:
-        expected = TopPLogitsWarper(top_p)(None, expected)
-    torch.testing.assert_close(rollout.warp(logits, temperature, top_p), expected, rtol=0, atol=0)
+        reference = TopPLogitsWarper(top_p)(None, reference)
+    torch.testing.assert_close(warpers(None, logits), reference, rtol=0, atol=0)
+
+
+def test_the_thinking_block_rule_bans_eos_then_forces_the_close():
+    """The rule acts on the scores before any warper: EOS -inf on thinking rows; at the budget, only "</think>"."""
+    scores = torch.zeros(3, 10)
+    close, eos = torch.tensor([5, 6]), torch.arange(10) == 9
+    thinking = torch.tensor([True, True, False])
+    out = rollout.thinking_block_rule(scores, thinking, 1, close, eos, think_budget=2)  # before the budget
+    assert torch.isinf(out[:2, 9]).all() and torch.isfinite(out[2]).all() and torch.isfinite(out[:2, :9]).all()
+    out = rollout.thinking_block_rule(scores, thinking, 3, close, eos, think_budget=2)  # second forced token
+    assert out[:2].argmax(-1).tolist() == [6, 6] and torch.isinf(out[:2]).sum().item() == 2 * 9
+    assert torch.isfinite(out[2]).all()  # a closed row samples freely (its answer)
+
+
+def test_default_sampling_is_untruncated_and_top_k_is_applied_as_transformers_applies_it():
+    """On-policy training (the defaults): tokens outside the top-20 are drawn. top_k=20 (evaluation): only
+    tokens inside each step's top-20 of the (EOS-banned) scores, checked against the model's own logits."""
+    model, tok = tiny()
+    tokens, prompts = SpecialTokens.of(tok), encoded_prompts(tok)
+    ranks = {}
+    for top_k in [0, 20]:
+        torch.manual_seed(0)
+        samples = generate(model, prompts, 8, tokens, think_budget=12, top_k=top_k)[0]
+        ranks[top_k] = []
+        for s in samples:
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([s.ids])).logits[0]  # [T, V]
+            logits[:, tokens.eos_ids] = float("-inf")
+            z0 = len(s.prompt_ids)
+            for t in range(z0, z0 + len(s.z_ids)):
+                ranks[top_k].append(int((logits[t - 1] > logits[t - 1, s.ids[t]]).sum()))  # 0: the most likely
+    assert max(ranks[0]) >= 20  # no truncation by default
+    assert max(ranks[20]) < 20
 
 
 def test_answers_end_at_the_real_eos_even_when_pad_is_eos():
@@ -194,7 +241,8 @@ def test_forced_tokens_count_in_neither_logp():
 
 @pytest.mark.parametrize("kwargs,flag", [(dict(think_budget=0), "think-budget"),
                                          (dict(answer_budget=0), "answer-budget"),
-                                         (dict(temperature=0.0), "temperature"), (dict(top_p=1.5), "top-p")])
+                                         (dict(temperature=0.0), "temperature"), (dict(top_p=1.5), "top-p"),
+                                         (dict(top_k=-1), "top-k")])
 def test_bad_sampling_options_are_refused(kwargs, flag):
     model, tok = tiny()
     args = dict(think_budget=4) | kwargs
@@ -202,70 +250,44 @@ def test_bad_sampling_options_are_refused(kwargs, flag):
         generate(model, encoded_prompts(tok), 2, SpecialTokens.of(tok), **args)
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_generation_config_never_leaks_into_rollouts(fast):
-    """transformers' generate fills unset sampling options from model.generation_config; our loop reads none."""
+@pytest.mark.parametrize("options", [dict(), dict(temperature=0.6, top_p=0.95, top_k=20)])
+def test_generation_config_never_leaks_into_rollouts(options):
+    """transformers' generate fills unset sampling options from model.generation_config; ours reads none:
+    a model whose generation config sets foreign options draws what a clean one draws, and generate's
+    effective logits-processor list is exactly ours (the thinking block's rule, then HF's warpers)."""
     model, tok = tiny()
     leaky, _ = tiny()
     leaky.generation_config.update(do_sample=False, temperature=0.05, top_k=2, top_p=0.3, min_p=0.5,
-                                   repetition_penalty=5.0, no_repeat_ngram_size=1, max_new_tokens=2)
+                                   repetition_penalty=5.0, no_repeat_ngram_size=1, max_new_tokens=2,
+                                   suppress_tokens=[40, 41], cache_implementation="static")
     tokens, prompts = SpecialTokens.of(tok), encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, question="Who?")])
+    effective = []
+    prepare = leaky._get_logits_processor
+    leaky._get_logits_processor = lambda *a, **k: effective.append(prepare(*a, **k)) or effective[-1]
     out = []
     for m in (model, leaky):
         torch.manual_seed(4)
-        out.append([[s.ids for s in g] for g in generate(m, prompts, 3, tokens, 12, answer_budget=5, fast=fast)])
+        out.append([[s.ids for s in g] for g in generate(m, prompts, 3, tokens, 12, answer_budget=5, **options)])
     assert out[0] == out[1]
     assert any(len(set(ids)) < len(ids) for g in out[0] for ids in g)  # repeated tokens: no repetition penalty
+    expected = [rollout.ThinkingBlockRules] + [type(w) for w in rollout.sampling_warpers(
+        options.get("temperature", 1.0), options.get("top_k", 0), options.get("top_p", 1.0))]
+    assert [type(p) for p in effective[0]] == expected
+    assert leaky.generation_config.repetition_penalty == 5.0  # the model's own config is left as it was
 
 
-def test_the_sampler_log_probs_are_what_logprobs_scores():
-    """On-policy: the log-probability each token was drawn with (temperature 1) is what sequence_logprobs
-    sums, for rationale tokens (EOS banned) and the model's own answer tokens alike."""
-    model, tok = tiny(eos_bias=3.0)
-    tokens, prompts = SpecialTokens.of(tok), encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, context="short")])
-    rules = Rules.of(model, tokens, 10, 6, 1.0, 1.0)
-    torch.manual_seed(5)
-    rows = rollout.decode_fast(model, prompts, 3, rules)
-    logp = rows.logp[:, :rules.max_new].clone()  # [R, T]
-    samples = [s for g in rollout.to_samples(prompts, 3, rows, rules) for s in g]
-    logp_z, logp_y = sequence_logprobs(model, samples, tokens)
-    for r, s in enumerate(samples):
-        z, f, y = len(s.z_ids), len(s.forced_ids), len(s.y_ids)
-        assert logp_z[r].item() == pytest.approx(logp[r, :z].sum().item(), abs=1e-4)
-        assert logp_y[r].item() == pytest.approx(logp[r, z + f:z + f + y].sum().item(), abs=1e-4)
-
-
-@pytest.mark.parametrize("fast", [True, False])
-def test_only_the_last_position_goes_through_the_output_layer(fast):
+@pytest.mark.parametrize("decode", ["generate", "fast"])
+def test_only_the_last_position_goes_through_the_output_layer(decode):
     model, tok = tiny()
     seen = []
     hook = model.lm_head.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape[:-1])))
-    generate(model, encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, context="short")]), 3, SpecialTokens.of(tok), 4, 2, fast=fast)
+    generate(model, encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, context="short")]), 3, SpecialTokens.of(tok), 4, 2,
+             decode=decode)
     hook.remove()
     assert seen and all(shape[1] == 1 for shape in seen)  # [rows, 1]: never [rows, prompt_len, V] logits
 
 
-def test_the_fast_path_keeps_its_cache_in_the_compute_dtype():
-    """Under bf16 autocast over fp32 weights, Qwen3's k_norm (an fp32 weight) promotes keys to fp32: transformers'
-    cache holds fp32 keys next to bf16 values. The fast path stores both in bf16 (attention casts them to bf16
-    anyway), and its linear layers read bf16 copies of the fp32 master weights, which stay untouched."""
+def test_unknown_decode_path_is_refused():
     model, tok = tiny()
-    master = {k: v.clone() for k, v in model.state_dict().items()}
-    ids = torch.tensor([encoded_prompts(tok)[0]])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        cache = model(input_ids=ids, use_cache=True).cache
-        assert (cache.layers[0].keys.dtype, cache.layers[0].values.dtype) == (torch.float32, torch.bfloat16)
-        generate(model, encoded_prompts(tok), 2, SpecialTokens.of(tok), 4)
-    dec = rollout._DECODERS[model]
-    assert {(l.keys.dtype, l.values.dtype) for l in dec.cache.layers} == {(torch.bfloat16, torch.bfloat16)}
-    assert dec.twin.lm_head.weight.dtype == dec.twin.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
-    assert dec.twin.model.embed_tokens.weight is model.model.embed_tokens.weight  # shared, fp32
-    assert dec.twin.model.norm.weight is model.model.norm.weight
-    assert all(v.dtype == torch.float32 and torch.equal(v, master[k]) for k, v in model.state_dict().items())
-    assert model.config._attn_implementation == "sdpa"  # the twin's decode attention is the twin's only
-    with torch.no_grad():  # a changed master weight reaches the twin on the next call
-        model.model.layers[0].mlp.up_proj.weight.mul_(2)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        generate(model, encoded_prompts(tok), 2, SpecialTokens.of(tok), 4)
-    torch.testing.assert_close(dec.twin.model.layers[0].mlp.up_proj.weight,
-                               model.model.layers[0].mlp.up_proj.weight.bfloat16(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="decode"):
+        generate(model, encoded_prompts(tok), 2, SpecialTokens.of(tok), 4, decode="plain")
