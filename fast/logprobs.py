@@ -228,14 +228,20 @@ class _PrefixLayer(DynamicLayer):
     """Read-only: the continuation attends to [prompt keys, its own keys]. Nothing is stored, so a
     checkpointing replay sees the same prefix; gradients flow back into the prompt's keys/values."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows: int):
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
         super().__init__()
-        self.keys = keys.expand(rows, -1, -1, -1)  # [rows, H, P, D]: a view, no copy
-        self.values = values.expand(rows, -1, -1, -1)
+        self.keys, self.values = keys, values  # [1, Hkv, P, D]: the prompt's, one row
         self.device, self.is_initialized = keys.device, True
 
     def update(self, key_states, value_states, *args, **kwargs):
-        return torch.cat([self.keys, key_states], -2), torch.cat([self.values, value_states], -2)
+        # The prompt's keys/values expanded to the rows here, inside the layer (a view, no copy), not once
+        # before the layers run: the expand's backward, which sums the rows' gradients into the prompt's
+        # [1, Hkv, P, D], then runs right after this layer's attention backward. Expanded before the
+        # layers, it would run after all of them, and autograd would hold every layer's [rows, Hkv, P+C, D]
+        # key/value gradient until then (~3.6 GB at the paper's setup). The same sum either way.
+        rows = key_states.shape[0]
+        keys, values = self.keys.expand(rows, -1, -1, -1), self.values.expand(rows, -1, -1, -1)  # [rows, Hkv, P, D]
+        return torch.cat([keys, key_states], -2), torch.cat([values, value_states], -2)  # [rows, Hkv, P+C, D]
 
 
 @contextlib.contextmanager
@@ -289,7 +295,7 @@ def _shared_logprobs(model, prefix, samples, tokens, need_z, chunk_tokens):
         # changes a real token. Positions continue after the prompt.
         mask = torch.tensor([[1] * (P + len(c)) + [0] * (C - len(c)) for c in conts], device=device)  # [n, P+C]
         positions = torch.arange(P, P + C, device=device).expand(n, C)  # [n, C]
-        cache = Cache(layers=[_PrefixLayer(k, v, n) for k, v in kv])
+        cache = Cache(layers=[_PrefixLayer(k, v) for k, v in kv])
         out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                                use_cache=False).last_hidden_state  # [n, C, H]
         hidden = torch.cat([hidden, out], 1)  # [n, 1+C, H]: column j is sequence position P-1+j
