@@ -29,6 +29,9 @@ testing and the CPU runs, not for training at scale (one 4k-token sequence's fp3
 151,936-token vocabulary take 2.5 GB). fast=True runs fast/logprobs.py instead: the same numbers
 (tested equal in tests/test_fast_logprobs.py) without ever holding [N, T, V] logits, and each prompt
 computed once for all its samples.
+
+    logp_z, logp_y = sequence_logprobs(model, samples, tokens)              # the definition
+    logp_z, logp_y = sequence_logprobs(model, samples, tokens, fast=True)   # the same, at scale
 """
 import torch
 import torch.nn.functional as F

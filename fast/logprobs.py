@@ -10,8 +10,9 @@ paper's scale (Qwen3-0.6B, micro-batches of 4k-token sequences, bf16 autocast) t
 fit. Three exact rewrites, each saying below what it saves:
     1. only z and y positions go through the output layer, a chunk of tokens at a time
     2. with gradient, a custom autograd function keeps one chunk of logits alive, not all of them
-       (and, under bf16 compute, takes the output layer's weight gradient in bf16, summed in fp32)
     3. a prompt is computed once for all its samples, not once per sample
+One change that is not exact, said where it happens (_ChunkedLogProb): under bf16 compute the output
+layer's weight gradient is taken in bf16 and summed in fp32, as autocast takes every other layer's.
 """
 import contextlib
 
