@@ -199,7 +199,7 @@ def adam_probe(model, tokenizer, codes: dict, q: float, args, think_budget: int,
             torch.manual_seed(seed)
             drawn = rollout.generate(model, [prompt], samples, tokens, think_budget)[0]
         rows = [rollout.Sample(prompt, s.z_ids, s.forced_ids, gold_ids(tokenizer, code)) for s in drawn]
-        _, logp_y = logprobs.sequence_logprobs(model, rows, tokens, need_z=False)  # [S], with gradient
+        _, logp_y = logprobs.sequence_logprobs(model, rows, tokens)  # [S], with gradient (logp_z unused)
         # float64: at q = 0, l_0 = -expm1(log P), whose backward (result + 1) is exactly 0 in float32 for P < 6e-8
         loss = q_loss_of_log(log_mean_exp(logp_y.double()), q) / (args.B * args.M**q)
         grads = torch.autograd.grad(loss, params, allow_unused=True)

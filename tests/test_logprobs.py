@@ -1,12 +1,11 @@
-"""logprobs.py: the plain computation is the definition, and every fast path computes its numbers.
+"""logprobs.py: the plain computation, the definition (fast/logprobs.py is tested equal to it in
+tests/test_fast_logprobs.py).
 
-    plain           plain_sequence_logprobs equals a hand-computed per-token sum
-    fast            sequence_logprobs (prompt shared or not; gradient checkpointing off, non-reentrant,
-                    reentrant) and log_weights equal the plain path: values and parameter gradients
-    prompt once     the shared path runs each prompt through the model once
-    fp32 answers    under bf16 autocast the answer tokens go through the output layer in fp32, in the
-                    weight pass and the gradient pass alike; the rationale stays in bf16
-    edge cases      empty z, empty y, nothing after the prompt, need_z=False, an empty prompt
+    by hand         sequence_logprobs equals a hand-computed per-token sum
+    weight pass     log_weights is logp_y, in micro-batches, in the samples' order, without gradient
+    fp32 answers    under bf16 autocast the answer tokens go through the output layer in fp32; the
+                    rationale stays in bf16
+    edge cases      empty z, empty y, nothing after the prompt, an empty prompt
 
 All on the tiny model, in seconds. `python tests/test_logprobs.py` (SmolLM2, minutes) prints how far
 log w under bf16 autocast is from a full-fp32 log w, with the answer scored in fp32 and in bf16.
@@ -23,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the library, 
 
 import logprobs
 import models
-from logprobs import chunked_token_logprobs, log_weights, plain_sequence_logprobs, sequence_logprobs
+from logprobs import log_weights, sequence_logprobs
 from prompts import gold_ids, prompt_ids
 from rollout import Sample, SpecialTokens, generate
 
@@ -59,34 +58,13 @@ def rollouts(model, tok, M=3, budget=12, seed=0):
     return samples
 
 
-def with_grads(model, fn, autocast=False, checkpointing=None):
-    """fn()'s (logp_z, logp_y) and the parameter gradients of a fixed weighted sum of them."""
-    if checkpointing:
-        model.activation_checkpointing_enable({"use_reentrant": checkpointing == "reentrant"})
-    model.train()
-    model.zero_grad()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        logp_z, logp_y = fn()  # [N] each
-    weights = torch.linspace(-1, 2, len(logp_z))  # [N]
-    (weights * logp_z - 2 * weights * logp_y).sum().backward()
-    model.eval()
-    if checkpointing:
-        model.activation_checkpointing_disable()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return logp_z.detach(), logp_y.detach(), grads
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
-
-
-# ------------------------------------------------------------------------------------------------ plain
+# ------------------------------------------------------------------------------------------------ by hand
 def test_plain_path_is_the_sum_of_token_logprobs_computed_by_hand(tiny):
     model, tok = tiny
     tokens = SpecialTokens.of(tok)
     samples = rollouts(model, tok)
     with torch.no_grad():
-        logp_z, logp_y = plain_sequence_logprobs(model, samples, tokens)  # batched, right-padded
+        logp_z, logp_y = sequence_logprobs(model, samples, tokens)  # batched, right-padded
     for n, s in enumerate(samples):
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([s.ids])).logits[0].double()  # [T, V], one unpadded sequence
@@ -102,97 +80,18 @@ def test_plain_path_is_the_sum_of_token_logprobs_computed_by_hand(tiny):
     assert doctest.testmod(logprobs).failed == 0
 
 
-# ------------------------------------------------------------------------------------------------ fast = plain
-@pytest.mark.parametrize("checkpointing", [None, "non-reentrant", "reentrant"])
-@pytest.mark.parametrize("share_prompt", [True, False])
-def test_fast_path_values_and_gradients_equal_the_plain_path(tiny, share_prompt, checkpointing):
-    model, tok = tiny
-    tokens = SpecialTokens.of(tok)
-    samples = rollouts(model, tok)
-    plain = with_grads(model, lambda: plain_sequence_logprobs(model, samples, tokens))
-    fast = with_grads(model, lambda: sequence_logprobs(model, samples, tokens, share_prompt=share_prompt),
-                      checkpointing=checkpointing)
-    torch.testing.assert_close(fast[0], plain[0], atol=1e-5, rtol=1e-6)  # to fp32 rounding
-    torch.testing.assert_close(fast[1], plain[1], atol=1e-5, rtol=1e-6)
-    assert fast[2].keys() == plain[2].keys()
-    for name in plain[2]:
-        torch.testing.assert_close(fast[2][name], plain[2][name], atol=1e-5, rtol=1e-4, msg=name)
-
-
-@pytest.mark.parametrize("share_prompt", [True, False])
-def test_weight_pass_equals_the_plain_path_in_the_samples_order(tiny, share_prompt):
+def test_weight_pass_is_logp_y_in_micro_batches_in_the_samples_order(tiny):
     model, tok = tiny
     tokens = SpecialTokens.of(tok)
     samples = rollouts(model, tok, M=4)
     samples = samples[::2] + samples[1::2]  # the two prompts' samples interleaved
     samples[3].z_ids = samples[3].z_ids[:3]  # different lengths within a prompt
     with torch.no_grad():
-        _, plain = plain_sequence_logprobs(model, samples, tokens)
+        _, logp_y = sequence_logprobs(model, samples, tokens)  # one batch, padded to the longest
     for micro_batch in [1, 3, 8]:
-        log_w = log_weights(model, samples, tokens, micro_batch, share_prompt=share_prompt)
+        log_w = log_weights(model, samples, tokens, micro_batch)
         assert not log_w.requires_grad
-        torch.testing.assert_close(log_w, plain, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("chunk", [1, 7, 1000])
-def test_chunked_fp32_scoring_equals_the_fp32_output_layer_under_autocast(chunk):
-    """The output layer alone: chunked, fp32=True, under bf16 autocast = the plain fp32 computation."""
-    torch.manual_seed(0)
-    head = torch.nn.Linear(32, 500, bias=True)
-    with torch.no_grad():
-        head.weight.mul_(40)  # logits with a spread of ~7, as in SmolLM2 (and Qwen3's scale)
-    hidden = torch.randn(40, 32, requires_grad=True)  # [n, H]
-    targets = torch.randint(0, 500, (40,))  # [n]
-    coef = torch.randn(40)  # [n]
-    params = [hidden, head.weight, head.bias]
-    reference = logprobs._token_logprobs(hidden, targets, head)  # no autocast: fp32 throughout
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        fp32 = chunked_token_logprobs(hidden, targets, head, chunk_tokens=chunk, fp32=True)
-        bf16 = chunked_token_logprobs(hidden, targets, head, chunk_tokens=chunk)
-    torch.testing.assert_close(fp32, reference, atol=1e-5, rtol=1e-5)
-    assert (bf16 - reference).abs().mean() > 1e-2  # what the bf16 output layer costs at this scale
-    for g_fp32, g_ref in zip(torch.autograd.grad((coef * fp32).sum(), params),
-                             torch.autograd.grad((coef * reference).sum(), params)):
-        torch.testing.assert_close(g_fp32, g_ref, atol=1e-4, rtol=1e-4)
-
-
-# ------------------------------------------------------------------------------------------------ prompt once
-@pytest.mark.parametrize("checkpointing", [None, "non-reentrant", "reentrant"])
-def test_shared_path_runs_each_prompt_once(tiny, checkpointing):
-    """What goes through the embedding: the shared path runs a prompt [1, P] once, then the samples'
-    continuations [n, C]; the whole-sequence path (also reentrant checkpointing's) runs [N, T]."""
-    model, tok = tiny
-    tokens = SpecialTokens.of(tok)
-    samples = rollouts(model, tok, M=4)
-    groups = [samples[:4], samples[4:]]  # by prompt
-    T = max(len(s.ids) for s in samples)
-    shared = []
-    for g in groups:
-        P = len(g[0].prompt_ids)
-        shared += [(1, P), (len(g), max(len(s.ids) for s in g) - P)]
-
-    shapes = []
-    hook = model.get_input_embeddings().register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
-    try:
-        for share, expected in [(True, shared), (False, [(len(samples), T)])]:
-            shapes.clear()
-            if checkpointing:
-                model.activation_checkpointing_enable({"use_reentrant": checkpointing == "reentrant"})
-            model.train()
-            sequence_logprobs(model, samples, tokens, share_prompt=share)  # forward only
-            model.eval()
-            if checkpointing:
-                model.activation_checkpointing_disable()
-            assert shapes == (expected if checkpointing != "reentrant" else [(len(samples), T)])
-        shapes.clear()
-        log_weights(model, samples, tokens, micro_batch=3)  # a prompt once for all its micro-batches
-        expected = []
-        for g in groups:
-            P, lengths = len(g[0].prompt_ids), sorted((len(s.ids) for s in g), reverse=True)
-            expected += [(1, P), (3, lengths[0] - P), (1, lengths[3] - P)]  # micro-batches of 3, longest first
-        assert shapes == expected
-    finally:
-        hook.remove()
+        torch.testing.assert_close(log_w, logp_y, atol=1e-5, rtol=0)  # padding changes no real token
 
 
 # ------------------------------------------------------------------------------------------------ fp32 answers
@@ -234,54 +133,21 @@ def test_answers_are_scored_in_fp32_under_autocast_and_rationales_in_bf16(tiny):
     tokens = SpecialTokens.of(tok)
     samples = rollouts(tiny_model, tok)
     with torch.no_grad():
-        full_z, full_y = plain_sequence_logprobs(model, samples, tokens)  # full fp32: the reference
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        log_w = log_weights(model, samples, tokens, micro_batch=2)  # the weight pass
-        logp_z, logp_y = sequence_logprobs(model, samples, tokens)  # the gradient pass
-        bf16_y = bf16_scored_answers(model, samples, tokens)
-        with torch.no_grad():
-            plain_z, _ = plain_sequence_logprobs(model, samples, tokens)  # z in bf16, as the plain path does
+        full_z, full_y = sequence_logprobs(model, samples, tokens)  # full fp32: the reference
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            log_w = log_weights(model, samples, tokens, micro_batch=2)  # the weight pass
+            logp_z, logp_y = sequence_logprobs(model, samples, tokens)  # the gradient pass's numbers
+            bf16_y = bf16_scored_answers(model, samples, tokens)
     has_y = torch.tensor([bool(s.y_ids) for s in samples])
     assert (bf16_y - full_y)[has_y].abs().min() > 1e-2  # bf16 answer scoring: off by the logits' rounding
     torch.testing.assert_close(log_w, full_y, atol=1e-4, rtol=0)  # fp32 answer scoring: nothing left to round
-    torch.testing.assert_close(logp_y.detach(), full_y, atol=1e-4, rtol=0)
-    torch.testing.assert_close(logp_z.detach(), plain_z, atol=1e-4, rtol=0)  # the rationale in bf16 ...
-    assert (logp_z.detach() - full_z).abs().max() > 1e-2  # ... which is not fp32
-
-
-def test_gradients_under_autocast_equal_the_plain_path(tiny):
-    """Both paths run the same bf16 body (whole sequences); the answer's output layer in fp32 in both."""
-    _, tok = tiny
-    model = models.build_tiny_model(tok, seed=3)
-    with torch.no_grad():
-        model.model.norm.weight.mul_(40)  # logits at SmolLM2's spread, so that bf16 rounding shows
-    tokens = SpecialTokens.of(tok)
-    samples = rollouts(model, tok)
-    plain = with_grads(model, lambda: plain_sequence_logprobs(model, samples, tokens), autocast=True)
-    fast = with_grads(model, lambda: sequence_logprobs(model, samples, tokens, share_prompt=False), autocast=True)
-    full = with_grads(model, lambda: plain_sequence_logprobs(model, samples, tokens))  # fp32: for scale
-    torch.testing.assert_close(fast[0], plain[0], atol=1e-4, rtol=0)
-    torch.testing.assert_close(fast[1], plain[1], atol=1e-4, rtol=0)
-    for name in plain[2]:  # measured: at most 5e-8 (the chunked backward sums the weight gradient in fp32)
-        assert relative_error(fast[2][name], plain[2][name]) < 1e-3, name
-    assert min(relative_error(full[2][name], plain[2][name]) for name in plain[2]) > 1.5e-3  # what bf16 moves
-
-    def answers_only():
-        _, logp_y = sequence_logprobs(model, samples, tokens, share_prompt=False)
-        return torch.zeros_like(logp_y), logp_y
-
-    def plain_answers_only():
-        _, logp_y = plain_sequence_logprobs(model, samples, tokens)
-        return torch.zeros_like(logp_y), logp_y
-
-    fast_y = with_grads(model, answers_only, autocast=True)  # the pathwise term alone: fp32 in both
-    plain_y = with_grads(model, plain_answers_only, autocast=True)
-    for name in plain_y[2]:
-        assert relative_error(fast_y[2][name], plain_y[2][name]) < 1e-5, name
+    torch.testing.assert_close(logp_y, full_y, atol=1e-4, rtol=0)
+    assert (logp_z - full_z).abs().max() > 1e-2  # the rationale in bf16, not fp32
 
 
 # ------------------------------------------------------------------------------------------------ edge cases
 def test_empty_rationales_answers_and_continuations(tiny):
+    """An empty part sums to exactly 0, in a batch of its own or padded among others; an empty prompt is refused."""
     model, tok = tiny
     tokens = SpecialTokens.of(tok)
     prompt = prompt_ids(tok, EXAMPLE, "hotpotqa", "cold")
@@ -289,24 +155,23 @@ def test_empty_rationales_answers_and_continuations(tiny):
     no_z = [Sample(prompt, [], [], y), Sample(prompt, [], list(tokens.close_ids), y)]
     no_y = [Sample(prompt, [5, 6, 7], [], []), Sample(prompt, [5, 6], list(tokens.close_ids), [])]
     nothing = [Sample(prompt, [], [], []), Sample(prompt, [], [], [])]  # only the prompt
-    for batch in [no_z, no_y, nothing, no_z + no_y + nothing]:
-        with torch.no_grad():
-            plain = plain_sequence_logprobs(model, batch, tokens)
-        for share in [True, False]:
-            logp_z, logp_y = sequence_logprobs(model, batch, tokens, share_prompt=share)
-            torch.testing.assert_close(logp_z, plain[0], atol=1e-5, rtol=0)
-            torch.testing.assert_close(logp_y, plain[1], atol=1e-5, rtol=0)
-            torch.testing.assert_close(log_weights(model, batch, tokens, 2, share), plain[1], atol=1e-5, rtol=0)
-    for s, (lz, ly) in zip(no_z + no_y + nothing, zip(*plain)):
+    with torch.no_grad():
+        together = sequence_logprobs(model, no_z + no_y + nothing, tokens)
+        for k, batch in enumerate([no_z, no_y, nothing]):
+            alone = sequence_logprobs(model, batch, tokens)
+            torch.testing.assert_close(alone[0], together[0][2 * k:2 * k + 2], atol=1e-5, rtol=0)
+            torch.testing.assert_close(alone[1], together[1][2 * k:2 * k + 2], atol=1e-5, rtol=0)
+    for s, lz, ly in zip(no_z + no_y + nothing, *together):
         assert (lz == 0) == (not s.z_ids) and (ly == 0) == (not s.y_ids)  # an empty part sums to exactly 0
-    logp_z, logp_y = sequence_logprobs(model, no_z + no_y, tokens, need_z=False)
-    assert (logp_z == 0).all() and (logp_y[:2] != 0).all()
     logp_z, logp_y = sequence_logprobs(model, no_y, tokens)
     logp_z.sum().backward()  # a gradient through z alone, with y empty everywhere
     assert model.get_output_embeddings().weight.grad.abs().sum() > 0
     model.zero_grad()
+    empty_prompt = [no_z[0], Sample([], [5], [], y)]
     with pytest.raises(ValueError, match="sample 1 has an empty prompt"):
-        sequence_logprobs(model, [no_z[0], Sample([], [5], [], y)], tokens)
+        sequence_logprobs(model, empty_prompt, tokens)
+    with pytest.raises(ValueError, match="sample 1 has an empty prompt"):
+        log_weights(model, empty_prompt, tokens, micro_batch=1)
 
 
 # ------------------------------------------------------------------------------------------------ a measurement

@@ -63,7 +63,7 @@ def test_parameter_count_matches_the_model(config):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_saved_activations_match_autograd_byte_for_byte(kind, precision):
     """What one decoder layer saves for backward while n continuations attend to a shared prompt
-    (sequence_logprobs' path), counted by autograd's saved-tensor hooks: tensors saved only in that
+    (fast/logprobs.py's shared-prompt path), counted by autograd's saved-tensor hooks: tensors saved only in that
     layer's continuation pass (parameters, cast weights and cos/sin are shared, and counted elsewhere)."""
     tok = models.build_tiny_tokenizer()
     config = small(kind, tok)
@@ -87,7 +87,7 @@ def test_saved_activations_match_autograd_byte_for_byte(kind, precision):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logprobs.sequence_logprobs(model, samples, SpecialTokens.of(tok))
+            logprobs.sequence_logprobs(model, samples, SpecialTokens.of(tok), fast=True)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     measured = sum(size[ptr] for ptr, places in where.items() if places == {(2, 1)} and ptr not in params)
     s, a = memory.shape_of(config), memory.DTYPE_BYTES[precision]
