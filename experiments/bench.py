@@ -67,6 +67,7 @@ import torch
 from transformers import Qwen3ForCausalLM
 
 import logprobs
+from fast import logprobs as fast_logprobs
 import rollout
 import train
 from fast.decode import decode_fast, release
@@ -103,8 +104,10 @@ def parse_args(argv=None):
     a("--no-trl", action="store_true", help="skip TRL's GRPOTrainer")
     a("--only-decode", action="store_true",
       help="measure decoding speed only (no training steps, TRL or log-prob memory)")
-    a("--decode", choices=["generate", "fast"], default="generate",
+    a("--decode", choices=["generate", "fast"], default="fast",
       help="decoding path of the training steps' rollouts: generate (Hugging Face's, the reference) or fast")
+    a("--logprobs", choices=["plain", "fast"], default="fast",
+      help="log-prob path of the training steps: plain (logprobs.py, the reference) or fast (fast/logprobs.py)")
     a("--decode-paths", default="generate,fast,fast+compile",
       help="decoding paths to time, comma-separated: generate (HF generate, the reference), fast (fast/decode.py, "
            "eager), fast+compile (also needs --decode-compile; at long budgets generate is slow: leave it out)")
@@ -247,7 +250,8 @@ def our_step(est, model, tok, tokens, optimizer, examples, prompts, args, mem):
         with step.phase("weights"), train.autocast(args.device, precision):
             train.attach_gold_answers(groups, examples, tok)
             flat = [s for g in groups for s in g]
-            log_w = logprobs.log_weights(model, flat, tokens, args.micro_batch).view(len(groups), args.M).double()
+            log_w = logprobs.log_weights(model, flat, tokens, args.micro_batch, fast=args.logprobs == "fast")
+            log_w = log_w.view(len(groups), args.M).double()  # [B, M]
             sync(args)
         with step.phase("estimator"):
             if est == "garl":
@@ -256,7 +260,8 @@ def our_step(est, model, tok, tokens, optimizer, examples, prompts, args, mem):
                 score_coef = path_coef = paft_coefficients(log_w, args.q)  # [B, M]
     with step.phase("gradient"):
         optimizer.zero_grad(set_to_none=True)
-        train.gradient_pass(model, groups, score_coef, path_coef, tokens, args.micro_batch, precision)
+        train.gradient_pass(model, groups, score_coef, path_coef, tokens, args.micro_batch, precision,
+                            fast=args.logprobs == "fast")
         sync(args)
     with step.phase("optimizer"):
         params = [p for p in model.parameters() if p.grad is not None]
@@ -277,7 +282,7 @@ def prompt_tokens(groups, score_coef, path_coef, est, micro_batch) -> dict:
     counted from the samples (both paths are exact, so this is bookkeeping, not a measurement):
         generate   the fast path (--decode fast) prefills each prompt once for its M rows; Hugging Face's
                    generate (--decode generate) runs it once per row, the plain count
-        weights    logprobs.log_weights runs each prompt once for the whole weight pass
+        weights    fast/logprobs.log_weights runs each prompt once for the whole weight pass (--logprobs fast)
         gradient   train.gradient_pass's micro-batches (a question's sequences together, longest first,
                    zero-coefficient ones skipped); sequence_logprobs runs a prompt once per micro-batch
                    where several of its samples meet (it shares under non-reentrant checkpointing only)
@@ -354,7 +359,7 @@ def trl_steps(model, tok, tokens, prompts, args, mem):
 # ------------------------------------------------------------------------------------------------ log-prob memory
 def logprob_memory(args, mem, vocab=151936, hidden=1024):
     """Peak memory of log p(target) over T tokens at Qwen3's vocabulary, forward + backward:
-    the full [T, V] logits versus logprobs.chunked_token_logprobs."""
+    the full [T, V] logits versus fast_logprobs.chunked_token_logprobs."""
     T = args.logprob_tokens
     torch.manual_seed(0)
     head = torch.nn.Linear(hidden, vocab, bias=False, device=args.device)  # the tied lm_head's shape
@@ -368,7 +373,7 @@ def logprob_memory(args, mem, vocab=151936, hidden=1024):
             if name == "full":
                 lp = torch.log_softmax(head(h).float(), -1).gather(1, targets[:, None])  # [T, 1] via [T, V]
             else:
-                lp = logprobs.chunked_token_logprobs(h, targets, head)  # [T], one chunk of [c, V] at a time
+                lp = fast_logprobs.chunked_token_logprobs(h, targets, head)  # [T], one chunk of [c, V] at a time
             lp.sum().backward()
         out[f"{name}_peak_mb"], out[f"{name}_s"] = step.peaks[name] / 2**20, step.times[name]
         grad, h.grad = h.grad.clone(), None
@@ -568,7 +573,7 @@ def main(argv=None):
     print(f"bench: {args.model} -> {describe(model)} on {args.device}; B={args.prompts} M={args.M} "
           f"prompt={[len(p) for p in prompts]} tokens, think budget {args.think_budget}, answer {args.answer_tokens}, "
           f"micro-batch {args.micro_batch}, {args.repeats} repeats after a warm-up; training rollouts decode with "
-          f"{args.decode!r}", flush=True)
+          f"--decode {args.decode}, log-probs with --logprobs {args.logprobs}", flush=True)
     if args.only_decode:
         decode = decode_speed(model, tok, prompts, args)
         result = {"config": vars(args), "model": describe(model), "decode": decode}

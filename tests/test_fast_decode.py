@@ -100,7 +100,7 @@ def test_recorded_log_probs_are_the_plain_computations(answer):
     logp = decoded.logp.clone()  # [R, T]
     samples = [s for g in rollout.to_samples(prompts, 3, decoded.tokens, tokens, 10, answer) for s in g]
     with torch.no_grad():
-        logp_z, logp_y = logprobs.plain_sequence_logprobs(model, samples, tokens)
+        logp_z, logp_y = logprobs.sequence_logprobs(model, samples, tokens)
     for r, s in enumerate(samples):
         z, f, y = len(s.z_ids), len(s.forced_ids), len(s.y_ids)
         assert logp_z[r].item() == pytest.approx(logp[r, :z].sum().item(), abs=1e-4)
