@@ -121,22 +121,44 @@ def test_phase_estimates_match_measured_peaks(tmp_path):
     check_ratios(json.loads((tmp_path / "check.json").read_text())["phases"])
 
 
-def test_paper_setup_fits_an_80gb_gpu_and_generation_is_its_peak():
+def test_paper_setup_fits_an_80gb_gpu_and_the_kept_decoding_buffers_weigh_on_every_phase():
     plan = paper_plan()
-    assert plan.peak_phase == "generate"
-    kv = plan.phases["generate"]["KV cache"]
     capacity = 6144 + 1  # 1800 + 4097 = 5897 positions, rounded up to rollout.decode_fast's 256-position bucket, + 1 spare
-    assert kv == 32 * capacity * 28 * 2 * 8 * 128 * 2 + 2 * 32 * 151936 * 4  # rows x positions x layers x (k, v)
-    # x heads x dim x bf16, and the fp32 [rows, V] logits and sampling noise
+    buffers = (32 * capacity * 28 * 2 * 8 * 128 * 2  # rows x positions x layers x (k, v) x heads x dim x bf16
+               + 2 * 32 * 151936 * 4  # the fp32 [rows, V] logits and sampling noise
+               + 32 * capacity * 12)  # each row's int64 tokens and fp32 log-probs
+    twin = memory.parameter_count(memory.shape_of(plan.config))["cast"] * 2
+    for phase in plan.phases:  # --decode fast keeps its buffers and its twin's bf16 weights through every phase
+        assert plan.phases[phase]["decoding buffers"] == buffers and plan.phases[phase]["decoding twin weights"] == twin
+        assert ("gradients" in plan.phases[phase]) == (phase in ("gradient pass", "optimizer step"))
+    assert plan.phases["generate"]["CUDA graph pool"] > 0 and paper_plan(device="cpu").phases["generate"]["CUDA graph pool"] == 0
+    # With the buffers kept, the gradient pass (activations, held gradients) sits on top of them: the peak.
+    assert plan.peak_phase == "gradient pass"
     assert memory.check_fits(plan, 80 * GB).ok
     assert not memory.check_fits(plan, 24 * GB).ok
 
 
+def test_decode_and_logprob_paths_change_the_terms_they_own():
+    fast = paper_plan()
+    hf = paper_plan(decode="generate")
+    assert "decoding buffers" not in hf.phases["weight pass"]  # Hugging Face generate frees its cache after each call
+    # its cache: fp32 keys and bf16 values (3 bytes per element), the exact length, only in the generate phase
+    assert hf.phases["generate"]["KV cache"] == 32 * (1800 + 4097) * 28 * 2 * 8 * 128 * 3
+    assert hf.phase_bytes("weight pass") < fast.phase_bytes("weight pass")
+    plain = paper_plan(logprobs="plain")
+    # plain log-probs hold the logits of every position: 4 x [4, 5897, V] fp32 at the output layer's backward
+    assert plain.phases["gradient pass"]["logits [N, T, V]"] == 4 * 4 * 5897 * 151936 * 4
+    fit = memory.check_fits(plain, 80 * GB)
+    assert not fit.ok and fit.flag == "--logprobs" and "pass --logprobs fast" in fit.message
+    with pytest.raises(ValueError, match="decode"):
+        paper_plan(decode="vllm")
+
+
 @pytest.mark.parametrize("changes, device_gb, flag", [
     (dict(gen_questions=4), 80, "--gen-batch"),  # four questions per call: ~86 GB of KV cache
-    (dict(grad_ckpt=False), 40, "--grad-ckpt"),  # every layer's activations: ~64 GB at the gradient pass
+    (dict(grad_ckpt=False), 60, "--grad-ckpt"),  # every layer's activations: ~88 GB at the gradient pass
     (dict(M=8, micro_batch=8), 24, "--micro-batch"),
-    (dict(), 30, "--M"),  # one question's 32 rows of ~5.9k tokens already hold 21 GB of KV cache
+    (dict(), 30, "--M"),  # one question's 32 rows of ~5.9k tokens already hold 21 GB of kept decoding buffers
     (dict(micro_batch=16), 30, "--think-budget"),  # neither a smaller micro-batch nor anything else alone
     (dict(val_questions=8, eval_n=16, val_max_new_tokens=4097), 80, "--gen-batch"),  # validation: 128 rows
     (dict(val_questions=1, eval_n=128, val_max_new_tokens=4097), 80, "--eval-n"),
@@ -186,9 +208,9 @@ def test_bad_settings_and_unknown_models_are_refused():
 
 def test_format_plan_prints_every_phase_against_the_device():
     text = memory.format_plan(paper_plan(val_questions=1, eval_n=16, val_max_new_tokens=4097), "test GPU", 80 * GB)
-    for line in ["| KV cache |", "| activations |", "| log-prob chunk (forward) |", "| generate |",
+    for line in ["| decoding buffers |", "| decoding twin weights |", "| activations |", "| log-prob chunk (forward) |", "| generate |",
                  "| weight pass |", "| gradient pass |", "| optimizer step |", "| validation generate |",
-                 "**peak (generate)**", "of test GPU (80.0 GB)"]:
+                 "**peak (gradient pass)**", "of test GPU (80.0 GB)", "--decode fast", "--logprobs fast"]:
         assert line in text, line
 
 
