@@ -6,10 +6,17 @@
     python experiments/memory_check.py --model qwen3-shape --M 32 --think-budget 4096 --prompt-tokens 1024 \\
         --micro-batch 4 --precision bf16 --grad-ckpt                     # CUDA (gpu_check.py runs this)
 
-One step with train.py's own functions, in its order: rollout.generate (M rationales per question),
-train.attach_gold_answers + logprobs.log_weights (the weight pass), train.gradient_pass, clip + optimizer step,
-after a short warm-up step that creates the gradients and the AdamW state (the estimate's steady
-state: train.py keeps a step's gradients until the next gradient pass). Each phase's peak is measured:
+    python experiments/memory_check.py --M 8 --decode generate --logprobs plain   # the plain paths
+
+One step with train.py's own functions, in its order: rollout.generate (M rationales per question; --decode
+fast: rollout.decode_fast, its buffers kept between calls; generate: rollout.decode, a DynamicCache like
+Hugging Face generate's), train.attach_gold_answers + the weight pass (logprobs.log_weights, or
+plain_sequence_logprobs per micro-batch), train.gradient_pass (with plain_sequence_logprobs for --logprobs
+plain), clip + optimizer step, then the gradients freed (set to None), as train.py does. A warm-up step
+first creates the AdamW state and the fast path's twin and buffers (the estimate's steady state). With
+more than one micro-batch (M > --micro-batch) the gradients exist during most of the gradient pass, as
+at the paper's scale (32 rows, micro-batch 4); with one, they are created during its backward.
+Each phase's peak is measured:
 
     CUDA  torch.cuda.max_memory_allocated, reset before each phase: the peak of live tensors, absolute.
     CPU   the process's peak resident set size (VmHWM in /proc/self/status, reset through
@@ -21,8 +28,9 @@ state: train.py keeps a step's gradients until the next gradient pass). Each pha
     torch (CPU) the CPU allocator's live bytes, as torch's profiler records them (profile_memory):
           tensors only, exactly, like CUDA's counter; slower (the profiler records every op).
 
-Both are compared with the estimate's phase total minus its persistent part (weights, gradients,
-optimizer state), i.e. what the phase adds; on CUDA the absolute peak is compared too. The model
+Both are compared with the estimate's phase total minus what is alive when the phase starts
+(Plan.at_start: weights, optimizer state, the fast path's kept buffers and twin, and before the optimizer
+step the gradients), i.e. what the phase adds; on CUDA the absolute peak is compared too. The model
 'tiny-wide' is a 4-layer Qwen3 (hidden 256, 8 heads, 4 kv heads of 64, vocabulary 8192) whose terms
 are tens to hundreds of MB, so that allocator noise (a few MB) stays small beside them; its tokenizer
 spells "</think>" in 8 bytes, so no row closes its rationale early and every row runs the full budget.
@@ -35,6 +43,7 @@ import json
 import os
 import sys
 import time
+from unittest import mock
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -49,7 +58,7 @@ import rollout
 import train
 from experiments.bench import FILLER  # the same synthetic FinQA-like text
 from garl import garl_coefficients
-from logprobs import log_weights
+from logprobs import log_weights, plain_sequence_logprobs  # fast and plain log-probs (the lead re-points these)
 from prompts import gold_ids, prompt_ids
 
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TOP_PAD_": "0"}
@@ -68,6 +77,10 @@ def parse_args(argv=None):
     a("--micro-batch", type=int, default=4, help="sequences per forward/backward")
     a("--precision", choices=["fp32", "bf16"], default="fp32", help="fp32, or bf16 autocast over fp32 weights")
     a("--grad-ckpt", action=argparse.BooleanOptionalAction, default=False, help="gradient checkpointing")
+    a("--decode", choices=memory.DECODE_PATHS, default="fast", help="rollouts: the fast path (rollout.decode_fast, "
+      "buffers kept) or the plain loop with a growing DynamicCache (rollout.decode, as Hugging Face generate)")
+    a("--logprobs", choices=memory.LOGPROB_PATHS, default="fast", help="log-probs: fast (logprobs.sequence_logprobs, "
+      "log_weights) or plain (logprobs.plain_sequence_logprobs, [N, T, V] logits)")
     a("--optimizer", choices=["adamw", "sgd"], default="adamw", help="optimizer")
     a("--threads", type=int, default=1, help="CPU threads for torch")
     a("--measure", choices=["torch", "rss", "both"], default="both",
@@ -205,30 +218,38 @@ def kv_dtypes(model):
 
 # ------------------------------------------------------------------------------------------------ one step
 def step(model, tok, tokens, optimizer, example, args, budget, meter=None):
-    """One GARL step of train.py (q = 0.75), phase by phase; with a meter, each phase's peak and time."""
+    """One GARL step of train.py (q = 0.75), phase by phase; with a meter, each phase's peak and time.
+
+    --decode fast keeps its buffers between calls (no release); the gradients are freed (set to None)
+    right after the optimizer step, as train.py does: they exist in the gradient pass and the step only.
+    """
     phases = {}
     block = meter.phase if meter else (lambda: contextlib.nullcontext(SimpleNamespace()))
     prompts = [prompt_ids(tok, example, "finqa", "warm")]
     with block() as m, train.autocast(args.device, args.precision):
-        groups = rollout.generate(model, prompts, args.M, tokens, budget)
-        rollout.release_buffers(model)  # as train.rollouts does
+        groups = rollout.generate(model, prompts, args.M, tokens, budget, fast=args.decode == "fast")
     phases["generate"] = m
+    flat = [s for g in groups for s in g]
     with block() as m, train.autocast(args.device, args.precision):
         train.attach_gold_answers(groups, [example], tok)
-        log_w = log_weights(model, [s for g in groups for s in g], tokens, args.micro_batch).view(1, args.M).double()
-        score_coef, path_coef = garl_coefficients(log_w, 0.75)  # [1, M] each
+        if args.logprobs == "fast":
+            log_w = log_weights(model, flat, tokens, args.micro_batch)
+        else:
+            with torch.no_grad():
+                log_w = torch.cat([plain_sequence_logprobs(model, flat[i:i + args.micro_batch], tokens)[1]
+                                   for i in range(0, len(flat), args.micro_batch)])
+        score_coef, path_coef = garl_coefficients(log_w.view(1, args.M).double(), 0.75)  # [1, M] each
     phases["weight pass"] = m
-    # Gradients are zeroed in place, not freed: the estimate's steady state, where they are alive in every
-    # phase (train.py frees them just before this pass, so its first micro-batch runs without them).
-    optimizer.zero_grad(set_to_none=False)
-    with block() as m:
+    scorer = contextlib.nullcontext() if args.logprobs == "fast" else \
+        mock.patch.object(train, "sequence_logprobs", plain_sequence_logprobs)  # train.gradient_pass's scorer
+    with block() as m, scorer:
         train.gradient_pass(model, groups, score_coef, path_coef, tokens, args.micro_batch, args.precision)
     phases["gradient pass"] = m
     with block() as m:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)
         optimizer.step()
     phases["optimizer step"] = m
-    flat = [s for g in groups for s in g]
+    optimizer.zero_grad(set_to_none=True)
     return phases, {"generated": sum(len(s.z_ids) + len(s.forced_ids) for s in flat),
                     "sequence_tokens": max(len(s.ids) for s in flat)}
 
@@ -247,7 +268,8 @@ def plan_for(config, tok, example, args, kv_dtypes) -> memory.Plan:
     return memory.estimate(config, M=args.M, gen_questions=1, prompt_tokens=prompt, max_new_tokens=max_new,
                            micro_batch=args.micro_batch, seq_tokens=prompt + max_new + len(gold_ids(tok, example["answer"])),
                            grad_ckpt=args.grad_ckpt, precision=args.precision, optimizer=args.optimizer,
-                           device=args.device, kv_cache_bytes=kv_cache_bytes(kv_dtypes))
+                           device=args.device, kv_cache_bytes=kv_cache_bytes(kv_dtypes), decode=args.decode,
+                           logprobs=args.logprobs)
 
 
 def measure(args, model=None, tok=None) -> dict:
@@ -268,7 +290,9 @@ def measure(args, model=None, tok=None) -> dict:
     optimizer = (torch.optim.AdamW(params, lr=1e-6) if args.optimizer == "adamw" else torch.optim.SGD(params, lr=1e-6))
     example = make_example(tok, args.prompt_tokens, args.answer_tokens)
     torch.manual_seed(args.seed)
-    step(model, tok, tokens, optimizer, example, args, budget=4)  # creates the gradients and the optimizer state
+    # A warm-up step creates the optimizer state and, with --decode fast, the twin and the buffers, at their full
+    # size (train.py sizes them once for the planned maximum and keeps them).
+    step(model, tok, tokens, optimizer, example, args, budget=args.think_budget if args.decode == "fast" else 4)
     seen, handle = kv_dtypes(model)
     kinds = ["cuda"] if args.device == "cuda" else (["rss", "torch"] if args.measure == "both" else [args.measure])
     if "rss" in kinds and any(os.environ.get(k) != v for k, v in MMAP_ENV.items()):
@@ -282,12 +306,11 @@ def measure(args, model=None, tok=None) -> dict:
 
     prompt = len(prompt_ids(tok, example, "finqa", "warm"))
     plan = plan_for(model.config, tok, example, args, seen)
-    persistent = sum(plan.phases["generate"][k] for k in ("weights", "gradients", "optimizer state"))
     rows = {}
     for name in plan.phases:
         if name not in measured[kinds[0]]:
             continue
-        r = rows[name] = {"estimated_added": plan.phase_bytes(name) - persistent,
+        r = rows[name] = {"estimated_added": plan.phase_bytes(name) - plan.at_start(name),
                           "estimated_total": plan.phase_bytes(name)}
         for kind in kinds:
             m = measured[kind][name]
@@ -323,7 +346,8 @@ def main(argv=None):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MMAP_ENV})
     result = measure(args)
     c = result["config"]
-    print(f"memory check: {c['model']} on {c['device']}, {c['precision']}, grad ckpt {c['grad_ckpt']}, M {c['M']}, "
+    print(f"memory check: {c['model']} on {c['device']}, {c['precision']}, grad ckpt {c['grad_ckpt']}, --decode "
+          f"{c['decode']}, --logprobs {c['logprobs']}, M {c['M']}, "
           f"prompt {result['prompt_tokens']} tokens, think budget {c['think_budget']} ({result['generated']} tokens "
           f"generated), micro-batch {c['micro_batch']}; KV cache dtypes {result['kv_dtypes'] or 'not seen'}")
     print(report(result))

@@ -355,11 +355,16 @@ def decode_step_bytes(s: Shape, a: int, rows: int, positions: int) -> int:
 def fast_generate_workspace(s: Shape, a: int, prompts: int, rows: int, prompt: int, capacity: int) -> int:
     """What one decode_fast call adds to its kept buffers, the larger of two moments:
       prefill    the prompts' own cache (keys come out of the rotary embedding / k_norm in fp32, values in
-                 the compute dtype), alive while it is copied into the M rows' buffers, and the last
-                 position's logits [prompts, V] with their repeat to the rows [rows, V] (compute dtype)
+                 the compute dtype), whole at the last layer, where that layer's forward temporaries
+                 (weight_pass's formula, no shared prompt) are alive too; then it is copied into the M rows'
+                 buffers, with the last position's logits [prompts, V] and their repeat to the rows [rows, V].
+                 Under autocast the output layer's weight is cast (V x H, counted with the bf16 weight
+                 copies) only after the last layer's temporaries are freed: they overlap by that much less.
       decoding   one step's temporaries (decode_step_bytes)
     """
-    prefill = prompts * prompt * s.layers * s.kv_heads * s.head_dim * (FP32 + a) + (prompts + rows) * s.vocab * a
+    head_cast = s.vocab * s.hidden * a if a != FP32 else 0
+    layer = max(weight_pass(s, a, prompts, 0, prompt)["forward workspace"] - head_cast, 0)
+    prefill = prompts * prompt * s.layers * s.kv_heads * s.head_dim * (FP32 + a) + (prompts + rows) * s.vocab * a + layer
     return max(prefill, decode_step_bytes(s, a, rows, capacity))
 
 
@@ -388,9 +393,10 @@ def hf_generate_bytes(s: Shape, a: int, rows: int, prompt: int, max_new: int, kv
                  of Qwen3's k_norm (Llama: the rotary embedding) in fp32 and values in bf16: 3 bytes per
                  element on average (kv_cache_bytes overrides it); in fp32, 4.
     The larger of two other moments:
-      prefill    every row's prompt at once (rows x prompt tokens): one layer's forward temporaries
-                 (weight_pass's formula with no shared prompt) and the last position's logits, compute
-                 dtype and fp32 copy [rows, V]
+      prefill    every row's prompt at once (rows x prompt tokens): its cache is still smaller than the
+                 full one; one layer's forward temporaries (weight_pass's formula with no shared prompt;
+                 the output layer's weight is cast after them, as in fast_generate_workspace) and the last
+                 position's logits, compute dtype and fp32 copy [rows, V]
       decoding   the cache grows by concatenation: a layer's keys are copied into a new tensor one
                  position longer while the old one is alive (one layer's fp32 keys); one step's logits
                  [rows, V] in the compute dtype, and four fp32 [rows, V]: their fp32 copy (or rollout.decode's
@@ -400,7 +406,10 @@ def hf_generate_bytes(s: Shape, a: int, rows: int, prompt: int, max_new: int, kv
     bytes_per = kv_cache_bytes or ((FP32 + a) / 2 if a != FP32 else FP32)
     length = prompt + max_new
     kv = int(rows * length * kv_bytes_per_token(s, bytes_per))
-    prefill = (weight_pass(s, a, rows, 0, prompt)["forward workspace"] + rows * s.vocab * (a + FP32))
+    head_cast = s.vocab * s.hidden * a if a != FP32 else 0  # cast after the last layer (fast_generate_workspace)
+    prefill = (rows * prompt * s.layers * s.kv_heads * s.head_dim * (FP32 + a) - kv  # the cache is counted whole
+               + max(weight_pass(s, a, rows, 0, prompt)["forward workspace"] - head_cast, 0)
+               + rows * s.vocab * (a + FP32))
     grow = rows * length * s.kv_heads * s.head_dim * FP32
     decode = grow + rows * s.vocab * (a + 4 * FP32) + rows * s.heads * length * FP32
     return {"KV cache": kv, "generate workspace": max(prefill, decode)}

@@ -113,10 +113,24 @@ def check_ratios(phases, low=0.8, high=1.1, rss_high=1.25):
 def test_phase_estimates_match_measured_peaks(tmp_path):
     """One GARL step in fp32 (tiny-wide: 4 layers, vocabulary 8192), measured both ways in a fresh process
     (resident sizes need glibc's mmap threshold fixed from the start). bf16 with checkpointing: the GPU
-    check's smoke test below."""
-    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "memory_check.py"), "--M", "4",
+    check's smoke test below. M 8, two micro-batches of 4: the second runs with the gradients alive, as every
+    micro-batch but the first does at the paper's scale (the plan counts them in the gradient pass)."""
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "memory_check.py"), "--M", "8",
                           "--think-budget", "16", "--measure", "both", "--json", str(tmp_path / "check.json")],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    check_ratios(json.loads((tmp_path / "check.json").read_text())["phases"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_plain_paths_estimates_match_measured_peaks(tmp_path, precision):
+    """--decode generate (a growing DynamicCache, fp32 keys under bf16 autocast) and --logprobs plain ([N, T, V]
+    logits): each phase within the bounds, measured by the CPU allocator."""
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "memory_check.py"), "--M", "8", "--think-budget",
+                          "16", "--measure", "torch", "--decode", "generate", "--logprobs", "plain", "--precision",
+                          precision, "--json", str(tmp_path / "check.json")]
+                         + (["--grad-ckpt"] if precision == "bf16" else []),
+                         capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     check_ratios(json.loads((tmp_path / "check.json").read_text())["phases"])
 
@@ -236,3 +250,30 @@ def test_decode_bound_reads_the_weights_and_the_cache_once_per_step():
     one_step = gpu_check.decode_bound(config, rows=32, prompt=1000, new=1, kv_bytes=2, bw=1e12)
     assert one_step == pytest.approx(32 / ((weights + 32 * 1000 * kv) / 1e12))
     assert gpu_check.decode_bound(config, 32, 1000, 4096, 2, 1e12) < one_step  # the cache grows as it decodes
+
+
+def test_plan_run_needs_no_network_for_the_paper_model(monkeypatch):
+    """plan_run takes train.py's flags: the paper's Qwen3-0.6B plans from models.py's shape (HF_HUB_OFFLINE=1, no
+    cache); a hub id the project does not know fails in one line naming --model and what to pass."""
+    import huggingface_hub.constants
+    import train
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    args = train.parse_args(["--preset", "paper", "--data", str(ROOT / "samples/finqa_dev_sample.json"),
+                             "--val-size", "8", "--plan"])
+    examples = sum(train.load_data(args), [])
+    table, fit = memory.plan_run(args, examples)
+    assert "qwen3 shape, 596.0M parameters" in table and "| validation generate |" in table
+    assert f"**{fit.peak / 1e9:.2f}**" in table  # the fit is the table's peak
+    args.model = "someone/unknown-model"
+    with pytest.raises(models.ModelLoadError, match=r"^--model someone/unknown-model: .*local checkpoint directory "
+                                                     r"\(holding config.json\)"):
+        memory.plan_run(args, examples)
+
+
+def test_train_plan_prints_the_plan_offline():
+    """The documented command, in a fresh process with HF_HUB_OFFLINE=1: the plan, never a traceback."""
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "train.py", "--preset", "paper", "--data", "samples/finqa_dev_sample.json",
+                          "--val-size", "8", "--plan"], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "memory plan: qwen3 shape" in out.stdout and "**peak (" in out.stdout
