@@ -269,7 +269,7 @@ def plan_for(config, tok, example, args, kv_dtypes) -> memory.Plan:
                            micro_batch=args.micro_batch, seq_tokens=prompt + max_new + len(gold_ids(tok, example["answer"])),
                            grad_ckpt=args.grad_ckpt, precision=args.precision, optimizer=args.optimizer,
                            device=args.device, kv_cache_bytes=kv_cache_bytes(kv_dtypes), decode=args.decode,
-                           logprobs=args.logprobs)
+                           logprobs=args.logprobs, step_rows=args.M)  # one question per step
 
 
 def measure(args, model=None, tok=None) -> dict:

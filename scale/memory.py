@@ -500,7 +500,8 @@ class Plan:
 def estimate(config, *, M: int, gen_questions: int, prompt_tokens: int, max_new_tokens: int, micro_batch: int,
              seq_tokens: int | None = None, grad_ckpt: bool, precision: str = "bf16", optimizer: str = "adamw",
              device: str = "cuda", val_questions: int = 0, eval_n: int = 0, val_max_new_tokens: int = 0,
-             kv_cache_bytes: float | None = None, decode: str = "fast", logprobs: str = "fast") -> Plan:
+             kv_cache_bytes: float | None = None, decode: str = "fast", logprobs: str = "fast",
+             step_rows: int | None = None) -> Plan:
     """Memory of a training run, per term and per phase, in bytes.
 
     config          a transformers config (Llama/SmolLM2 or Qwen3 decoder)
@@ -518,6 +519,7 @@ def estimate(config, *, M: int, gen_questions: int, prompt_tokens: int, max_new_
                     fp32 keys and compute-dtype values for Hugging Face generate)
     decode          train.py's --decode: "fast" (buffers kept through every phase) or "generate"
     logprobs        train.py's --logprobs: "fast" (chunked, shared prompt) or "plain" ([N, T, V] logits)
+    step_rows       sequences in a step's gradient pass (B x M; default: more than one micro-batch)
 
     >>> import models
     >>> plan = estimate(models.qwen3_0_6b_config(), M=32, gen_questions=1, prompt_tokens=1800,
@@ -582,10 +584,15 @@ def estimate(config, *, M: int, gen_questions: int, prompt_tokens: int, max_new_
     else:
         wp = plain_weight_pass(s, a, micro_batch, seq)
         gp = plain_gradient_pass(s, a, micro_batch, seq, grad_ckpt, casts)
+    # The gradients are freed after each step: the first micro-batch's backward creates them, each when its
+    # parameter's gradient is ready, after the moments the gradient pass peaks at (the gradients not ready
+    # then are the held ones, counted there). Every later micro-batch runs with all of them alive: count them
+    # unless the whole step is one micro-batch.
+    grads_in_pass = 0 if step_rows is not None and step_rows <= micro_batch else grads
     phases = {
         "generate": {**kept, "bf16 weight copies": casts, **generate_terms(gen_questions, rows, max_new_tokens)},
         "weight pass": {**kept, "bf16 weight copies": casts, **wp},
-        "gradient pass": {**kept, "gradients": grads, **gp["terms"]},
+        "gradient pass": {**kept, "gradients": grads_in_pass, **gp["terms"]},
         "optimizer step": {**kept, "gradients": grads, "optimizer step temporaries": opt_step},
     }
     if validation:
@@ -631,7 +638,7 @@ def estimate(config, *, M: int, gen_questions: int, prompt_tokens: int, max_new_
                     micro_batch=micro_batch, seq_tokens=seq_tokens, grad_ckpt=grad_ckpt, precision=precision,
                     optimizer=optimizer, device=device, val_questions=val_questions, eval_n=eval_n,
                     val_max_new_tokens=val_max_new_tokens, kv_cache_bytes=kv_cache_bytes, decode=decode,
-                    logprobs=logprobs)
+                    logprobs=logprobs, step_rows=step_rows)
     notes = [f"gradient pass peaks at the {gp['moment']}"]
     return Plan(settings=settings, config=config, shape=s, params=P, terms=terms, phases=phases, notes=notes)
 
@@ -826,7 +833,7 @@ def plan_run(args, examples) -> tuple[str, "Fit"]:
         seq_tokens=prompt + think + args.answer_budget, grad_ckpt=args.grad_ckpt, precision=args.precision,
         optimizer=args.optimizer, device=args.device, val_questions=args.eval_batch, eval_n=args.eval_n,
         val_max_new_tokens=think + args.answer_budget, decode=getattr(args, "decode", "fast"),
-        logprobs=getattr(args, "logprobs", "fast"))
+        logprobs=getattr(args, "logprobs", "fast"), step_rows=args.B * args.M)
     name, total = device_memory(args.device)
     return format_plan(plan, name, total), check_fits(plan, total)
 
