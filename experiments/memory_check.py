@@ -6,10 +6,16 @@
     python experiments/memory_check.py --model qwen3-shape --M 32 --think-budget 4096 --prompt-tokens 1024 \\
         --micro-batch 4 --precision bf16 --grad-ckpt                     # CUDA (gpu_check.py runs this)
 
-One step with train.py's own functions, in its order: rollout.generate (M rationales per question),
-train.attach_gold_answers + logprobs.log_weights (the weight pass), train.gradient_pass, clip + optimizer step,
-after a short warm-up step that creates the gradients and the AdamW state (the estimate's steady
-state: train.py keeps a step's gradients until the next gradient pass). Each phase's peak is measured:
+    python experiments/memory_check.py --M 8 --decode generate --logprobs plain   # the plain paths
+
+One step with train.py's own functions, in its order: rollout.generate (M rationales per question; --decode
+fast: fast/decode.py, its buffers kept between calls; generate: Hugging Face generate, a growing
+DynamicCache), train.attach_gold_answers + the weight pass (logprobs.log_weights, fast or plain),
+train.gradient_pass (fast or plain log-probs), clip + optimizer step, then the gradients freed (set to None), as train.py does. A warm-up step
+first creates the AdamW state and the fast path's twin and buffers (the estimate's steady state). With
+more than one micro-batch (M > --micro-batch) the gradients exist during most of the gradient pass, as
+at the paper's scale (32 rows, micro-batch 4); with one, they are created during its backward.
+Each phase's peak is measured:
 
     CUDA  torch.cuda.max_memory_allocated, reset before each phase: the peak of live tensors, absolute.
     CPU   the process's peak resident set size (VmHWM in /proc/self/status, reset through
@@ -21,8 +27,9 @@ state: train.py keeps a step's gradients until the next gradient pass). Each pha
     torch (CPU) the CPU allocator's live bytes, as torch's profiler records them (profile_memory):
           tensors only, exactly, like CUDA's counter; slower (the profiler records every op).
 
-Both are compared with the estimate's phase total minus its persistent part (weights, gradients,
-optimizer state), i.e. what the phase adds; on CUDA the absolute peak is compared too. The model
+Both are compared with the estimate's phase total minus what is alive when the phase starts
+(Plan.at_start: weights, optimizer state, the fast path's kept buffers and twin, and before the optimizer
+step the gradients), i.e. what the phase adds; on CUDA the absolute peak is compared too. The model
 'tiny-wide' is a 4-layer Qwen3 (hidden 256, 8 heads, 4 kv heads of 64, vocabulary 8192) whose terms
 are tens to hundreds of MB, so that allocator noise (a few MB) stays small beside them; its tokenizer
 spells "</think>" in 8 bytes, so no row closes its rationale early and every row runs the full budget.
@@ -68,9 +75,11 @@ def parse_args(argv=None):
     a("--micro-batch", type=int, default=4, help="sequences per forward/backward")
     a("--precision", choices=["fp32", "bf16"], default="fp32", help="fp32, or bf16 autocast over fp32 weights")
     a("--grad-ckpt", action=argparse.BooleanOptionalAction, default=False, help="gradient checkpointing")
+    a("--decode", choices=memory.DECODE_PATHS, default="fast", help="rollouts: the fast path (fast/decode.py, "
+      "buffers kept) or Hugging Face generate (rollout.py, a growing DynamicCache)")
+    a("--logprobs", choices=memory.LOGPROB_PATHS, default="fast", help="log-probs: fast (fast/logprobs.py) or plain "
+      "(logprobs.py, [N, T, V] logits)")
     a("--optimizer", choices=["adamw", "sgd"], default="adamw", help="optimizer")
-    a("--decode", choices=["generate", "fast"], default="generate",
-      help="rollout.generate's decoding path: generate (Hugging Face's, the reference) or fast (fast/decode.py)")
     a("--threads", type=int, default=1, help="CPU threads for torch")
     a("--measure", choices=["torch", "rss", "both"], default="both",
       help="CPU: the allocator's live bytes (torch's profiler), the peak resident set size, or both")
@@ -206,29 +215,32 @@ def kv_dtypes(model):
 
 # ------------------------------------------------------------------------------------------------ one step
 def step(model, tok, tokens, optimizer, example, args, budget, meter=None):
-    """One GARL step of train.py (q = 0.75), phase by phase; with a meter, each phase's peak and time."""
+    """One GARL step of train.py (q = 0.75), phase by phase; with a meter, each phase's peak and time.
+
+    --decode fast keeps its buffers between calls (no release); the gradients are freed (set to None)
+    right after the optimizer step, as train.py does: they exist in the gradient pass and the step only.
+    """
     phases = {}
     block = meter.phase if meter else (lambda: contextlib.nullcontext(SimpleNamespace()))
     prompts = [prompt_ids(tok, example, "finqa", "warm")]
     with block() as m, train.autocast(args.device, args.precision):
-        groups = rollout.generate(model, prompts, args.M, tokens, budget, decode=getattr(args, "decode", "generate"))
+        groups = rollout.generate(model, prompts, args.M, tokens, budget, decode=args.decode)
     phases["generate"] = m
+    flat = [s for g in groups for s in g]
     with block() as m, train.autocast(args.device, args.precision):
         train.attach_gold_answers(groups, [example], tok)
-        log_w = log_weights(model, [s for g in groups for s in g], tokens, args.micro_batch).view(1, args.M).double()
-        score_coef, path_coef = garl_coefficients(log_w, 0.75)  # [1, M] each
+        log_w = log_weights(model, flat, tokens, args.micro_batch, fast=args.logprobs == "fast")
+        score_coef, path_coef = garl_coefficients(log_w.view(1, args.M).double(), 0.75)  # [1, M] each
     phases["weight pass"] = m
-    # Gradients are zeroed in place, not freed: the estimate's steady state, where they are alive in every
-    # phase (train.py frees them just before this pass, so its first micro-batch runs without them).
-    optimizer.zero_grad(set_to_none=False)
     with block() as m:
-        train.gradient_pass(model, groups, score_coef, path_coef, tokens, args.micro_batch, args.precision)
+        train.gradient_pass(model, groups, score_coef, path_coef, tokens, args.micro_batch, args.precision,
+                            fast=args.logprobs == "fast")
     phases["gradient pass"] = m
     with block() as m:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)
         optimizer.step()
     phases["optimizer step"] = m
-    flat = [s for g in groups for s in g]
+    optimizer.zero_grad(set_to_none=True)
     return phases, {"generated": sum(len(s.z_ids) + len(s.forced_ids) for s in flat),
                     "sequence_tokens": max(len(s.ids) for s in flat)}
 
@@ -247,10 +259,11 @@ def plan_for(config, tok, example, args, kv_dtypes) -> memory.Plan:
     return memory.estimate(config, M=args.M, gen_questions=1, prompt_tokens=prompt, max_new_tokens=max_new,
                            micro_batch=args.micro_batch, seq_tokens=prompt + max_new + len(gold_ids(tok, example["answer"])),
                            grad_ckpt=args.grad_ckpt, precision=args.precision, optimizer=args.optimizer,
-                           device=args.device, kv_cache_bytes=kv_cache_bytes(kv_dtypes))
+                           device=args.device, kv_cache_bytes=kv_cache_bytes(kv_dtypes), decode=args.decode,
+                           logprobs=args.logprobs, step_rows=args.M)  # one question per step
 
 
-def measure(args, model=None, tok=None, warmup_budget: int = 4) -> dict:
+def measure(args, model=None, tok=None, warmup_budget: int | None = None) -> dict:
     """Estimate and measure one step for args; returns both, phase by phase (bytes).
 
     On CUDA one measured step (max_memory_allocated); on a CPU, args.measure picks "torch" (the CPU
@@ -268,9 +281,11 @@ def measure(args, model=None, tok=None, warmup_budget: int = 4) -> dict:
     optimizer = (torch.optim.AdamW(params, lr=1e-6) if args.optimizer == "adamw" else torch.optim.SGD(params, lr=1e-6))
     example = make_example(tok, args.prompt_tokens, args.answer_tokens)
     torch.manual_seed(args.seed)
-    # The warm-up step creates the gradients and the optimizer state (and, at the measured budget, compiles the
-    # fast path's step for it, so that the measured step measures decoding, not compilation).
-    step(model, tok, tokens, optimizer, example, args, budget=warmup_budget)
+    # The warm-up step creates the gradients and the optimizer state and, with --decode fast, the twin and the
+    # buffers at their full size (train.py sizes them once for the planned maximum and keeps them); at the
+    # measured budget it also compiles the fast path's step, so that the measured step measures decoding.
+    step(model, tok, tokens, optimizer, example, args,
+         budget=warmup_budget or (args.think_budget if args.decode == "fast" else 4))
     compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     seen, handle = kv_dtypes(model)
     kinds = ["cuda"] if args.device == "cuda" else (["rss", "torch"] if args.measure == "both" else [args.measure])
@@ -289,12 +304,11 @@ def measure(args, model=None, tok=None, warmup_budget: int = 4) -> dict:
 
     prompt = len(prompt_ids(tok, example, "finqa", "warm"))
     plan = plan_for(model.config, tok, example, args, seen)
-    persistent = sum(plan.phases["generate"][k] for k in ("weights", "gradients", "optimizer state"))
     rows = {}
     for name in plan.phases:
         if name not in measured[kinds[0]]:
             continue
-        r = rows[name] = {"estimated_added": plan.phase_bytes(name) - persistent,
+        r = rows[name] = {"estimated_added": plan.phase_bytes(name) - plan.at_start(name),
                           "estimated_total": plan.phase_bytes(name)}
         for kind in kinds:
             m = measured[kind][name]
@@ -330,7 +344,8 @@ def main(argv=None):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MMAP_ENV})
     result = measure(args)
     c = result["config"]
-    print(f"memory check: {c['model']} on {c['device']}, {c['precision']}, grad ckpt {c['grad_ckpt']}, M {c['M']}, "
+    print(f"memory check: {c['model']} on {c['device']}, {c['precision']}, grad ckpt {c['grad_ckpt']}, --decode "
+          f"{c['decode']}, --logprobs {c['logprobs']}, M {c['M']}, "
           f"prompt {result['prompt_tokens']} tokens, think budget {c['think_budget']} ({result['generated']} tokens "
           f"generated), micro-batch {c['micro_batch']}; KV cache dtypes {result['kv_dtypes'] or 'not seen'}")
     print(report(result))

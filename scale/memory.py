@@ -1,22 +1,35 @@
 """Memory a training run needs, known before the model loads: a breakdown by term and by phase.
 
+    table, fit = plan_run(args, examples)              # train.py's flags and data: what --plan prints
     plan = estimate(models.qwen3_0_6b_config(), M=32, gen_questions=1, prompt_tokens=1800,
-                    max_new_tokens=3968 + 1 + 128, micro_batch=4, grad_ckpt=True)
+                    max_new_tokens=3968 + 1 + 128, micro_batch=4, grad_ckpt=True, decode="fast", logprobs="fast")
     print(format_plan(plan, *device_memory("cuda")))   # the table, against the device's memory
     fit = check_fits(plan, device_memory("cuda")[1])   # fit.ok; else fit.flag names the setting to change
 
-    python scale/memory.py                      # the paper's FinQA setup on Qwen3-0.6B's shape, against this machine
+    python scale/memory.py --device-gb 80       # the paper's FinQA setup on Qwen3-0.6B's shape (validation included)
 
-A step of train.py goes through four phases, one after the other. What is alive at each one's peak:
-    generate        weights, gradients, optimizer state, the bf16 weight copies (autocast), the KV cache
-                    of one generate call, and the prefill's or one decoding step's temporaries
-    weight pass     the same persistent state, one prompt's keys/values, one micro-batch's forward temporaries
-    gradient pass   the same, plus one micro-batch's saved activations, the chunked log-prob head (one
-                    chunk of logits, fp32 [V, H] gradient buffers), the backward's temporaries and the
-                    gradients autograd holds until the shared prompt's backward (see gradient_pass)
-    optimizer step  the persistent state and the optimizer's temporaries
-The peak is the largest phase. Gradients count in every phase: train.py zeroes them (set to None) just
-before the gradient pass, so the previous step's gradients are still alive during its rollouts.
+A step of train.py goes through four phases, one after the other (five with validation). Alive through
+every phase: the fp32 weights and AdamW's two moments, and with --decode fast its kept decoding state
+(the buffers, sized once for the largest generate call of training or validation, the twin's bf16
+weights and, on CUDA, the CUDA-graph pool). Gradients exist only in the gradient pass and the optimizer
+step (train.py frees them, set to None, right after optimizer.step()). What each phase adds at its peak:
+    generate        the bf16 weight copies (autocast, the prefill's) and
+                      --decode fast      the prefill's cache while it is copied into the kept buffers, or one
+                                         decoding step's logits and attention scores
+                      --decode generate  Hugging Face generate's cache (fp32 keys under autocast, values in
+                                         the compute dtype), built by the prefill of every row at once and grown
+                                         by concatenation, and one step's logits
+    weight pass     the bf16 weight copies and one micro-batch's forward
+                      --logprobs fast    one prompt's keys/values, one layer's temporaries
+                      --logprobs plain   whole sequences: the logits of every position [N, T, V] (fp32)
+    gradient pass   the gradients, one micro-batch's saved activations, and
+                      --logprobs fast    the chunked log-prob head (one chunk of logits, fp32 [V, H] gradient
+                                         buffers), the backward's temporaries and the gradients autograd holds
+                                         until the shared prompt's backward (see gradient_pass)
+                      --logprobs plain   [N, T, V] logits, saved and back-propagated (plain_gradient_pass)
+    optimizer step  the gradients and the optimizer's temporaries
+    validation      as generate, for eval_batch x eval_n rows of think + answer tokens
+The peak is the largest phase.
 
 Every term is a formula of the model's config and the run's settings, derived from what the Llama and
 Qwen3 decoder layers in transformers allocate and what autograd saves (the formulas are written next to
@@ -42,7 +55,11 @@ MODEL_TYPES = ("llama", "qwen3")  # decoder layers whose activations the formula
 # small buffers the estimate leaves out. Project choice.
 HEADROOM = 0.9
 CHARS_PER_TOKEN = 3.5  # prompt_tokens_of: characters per token, erring towards more tokens
-DECODE_BUCKET = 256  # rollout.decode_fast's default bucket: its cache holds positions rounded up to a multiple
+DECODE_BUCKET = 256  # fast.decode.decode_fast's default bucket: its cache holds positions rounded up to a multiple
+DECODE_PATHS = ("generate", "fast")  # train.py's --decode: Hugging Face generate, or the kept-buffer fast path
+LOGPROB_PATHS = ("plain", "fast")  # train.py's --logprobs: whole sequences and [N, T, V] logits, or chunked/shared
+# Terms alive through every phase (what a phase starts with; the optimizer step also starts with the gradients).
+KEPT_TERMS = ("weights", "optimizer state", "decoding buffers", "decoding twin weights", "CUDA graph pool")
 GB = 1e9
 
 
@@ -116,15 +133,26 @@ def chunk_tokens(vocab: int) -> int:
 
 
 def config_for(name: str):
-    """The config of train.py's --model without loading its weights: "tiny", "smollm2" (read from the
-    GGUF file's metadata), or a hub id / local checkpoint (AutoConfig: config.json only)."""
+    """The config of train.py's --model without loading its weights and without network for the models
+    the project knows: "tiny", "smollm2" (read from the GGUF file's metadata), the paper's Qwen/Qwen3-0.6B
+    (its shape is written in models.py); any other hub id or local checkpoint through AutoConfig
+    (config.json only). Raises models.ModelLoadError, naming --model, when that cannot be read.
+
+    >>> config_for("Qwen/Qwen3-0.6B").num_hidden_layers    # no download
+    28
+    """
     import models
     if name == "tiny":
         return models.build_tiny_model(models.build_tiny_tokenizer()).config
+    if name == models.PAPER_MODEL and not os.path.isdir(name):
+        return models.qwen3_0_6b_config()
     from transformers import AutoConfig
     if name == "smollm2":
         return AutoConfig.from_pretrained(models.smollm2_dir(), gguf_file=models.SMOLLM2_FILE)
-    return AutoConfig.from_pretrained(name)
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as e:  # no such directory, no config.json, the hub unreachable or offline
+        raise models.model_load_error(name, e) from None
 
 
 # ------------------------------------------------------------------------------------------------ activations
@@ -292,27 +320,151 @@ def weight_pass(s: Shape, a: int, n: int, prompt: int, cont: int) -> dict:
     return {"prompt keys/values": prompt_kv_bytes(s, a, prompt), "forward workspace": forward + max(attn, mlp, out)}
 
 
-def generate_bytes(s: Shape, a: int, prompts: int, rows: int, prompt: int, max_new: int,
-                   kv_cache_bytes: float | None = None) -> dict:
-    """One rollout.generate call: rows = prompts x M sequences of prompt + max_new tokens.
+def decode_capacity(prompt: int, max_new: int) -> int:
+    """Positions of the fast path's buffers: prompt + new tokens rounded up to its 256-position attention
+    bucket, plus one spare slot (attention never reads the whole buffer, a case a compiled step would
+    specialize).
 
-    KV cache: allocated once at its full capacity, rows x (prompt + max_new, rounded up) tokens, layers x 2 x
-    kv_heads x head_dim elements each, of kv_cache_bytes (default: the compute dtype; issue 10 keeps the
-    cache in bf16 under autocast, where keys used to come out of the rotary embedding in fp32: 3 bytes
-    per element on average, keys fp32 and values bf16).
-    The larger of the two other moments:
-      prefill    the prompts' own cache (fp32 keys, values in a) while it is copied into the M rows'
-                 buffers, and the last position's logits
-      decoding   one step's logits [rows, V] in the compute dtype, their fp32 copy and the softmax,
-                 and the attention scores of one layer (rows x heads x length, fp32)
+    >>> decode_capacity(1800, 4097)      # 5897 positions -> 6144, + 1
+    6145
     """
-    # rollout.decode_fast allocates the cache once per call, for the positions rounded up to its attention
-    # bucket (256) plus one spare slot, and keeps two fp32 [rows, V] buffers (the logits, the sampling noise).
-    capacity = -(-(prompt + max_new) // DECODE_BUCKET) * DECODE_BUCKET + 1
-    kv = int(rows * capacity * kv_bytes_per_token(s, kv_cache_bytes or a)) + 2 * rows * s.vocab * FP32
-    prefill = prompts * prompt * s.layers * s.kv_heads * s.head_dim * (FP32 + a) + prompts * s.vocab * (a + FP32)
-    decode = rows * s.vocab * (a + 2 * FP32) + rows * s.heads * capacity * FP32
+    return -(-(prompt + max_new) // DECODE_BUCKET) * DECODE_BUCKET + 1
+
+
+def fast_decode_buffers(s: Shape, a: int, rows: int, capacity: int, kv_cache_bytes: float | None = None) -> int:
+    """The fast path's buffers, allocated once for the largest call (rows x capacity) and kept through
+    every phase of every step (a new allocation per call would fragment the device, and a CUDA graph
+    reads fixed addresses):
+      keys/values   rows x capacity positions x layers x 2 x kv_heads x head_dim, in the compute dtype
+                    (kv_cache_bytes: bytes per element, if the code keeps another dtype)
+      logits, noise fp32 [rows, V] each: the last position's logits and the Exp(1) sampling noise
+      rows          each row's tokens (int64) and their log-probs (fp32): 12 bytes per position
+    """
+    kv = int(rows * capacity * kv_bytes_per_token(s, kv_cache_bytes or a))
+    return kv + 2 * rows * s.vocab * FP32 + rows * capacity * (8 + FP32)
+
+
+def decode_step_bytes(s: Shape, a: int, rows: int, positions: int) -> int:
+    """One fast decoding step's temporaries: the output layer's logits [rows, V] in the compute dtype,
+    pick()'s fp32 copy with EOS masked and its softmax (fp32 [rows, V] each; the kept logits and noise
+    buffers are counted with the buffers), and one layer's attention scores (rows x heads x positions, fp32).
+    """
+    return rows * s.vocab * (a + 2 * FP32) + rows * s.heads * positions * FP32
+
+
+def fast_generate_workspace(s: Shape, a: int, prompts: int, rows: int, prompt: int, capacity: int) -> int:
+    """What one decode_fast call adds to its kept buffers, the larger of two moments:
+      prefill    the prompts' own cache (keys come out of the rotary embedding / k_norm in fp32, values in
+                 the compute dtype), whole at the last layer, where that layer's forward temporaries
+                 (weight_pass's formula, no shared prompt) are alive too; then it is copied into the M rows'
+                 buffers, with the last position's logits [prompts, V] and their repeat to the rows [rows, V].
+                 Under autocast the output layer's weight is cast (V x H, counted with the bf16 weight
+                 copies) only after the last layer's temporaries are freed: they overlap by that much less.
+      decoding   one step's temporaries (decode_step_bytes)
+    """
+    head_cast = s.vocab * s.hidden * a if a != FP32 else 0
+    layer = max(weight_pass(s, a, prompts, 0, prompt)["forward workspace"] - head_cast, 0)
+    prefill = prompts * prompt * s.layers * s.kv_heads * s.head_dim * (FP32 + a) + (prompts + rows) * s.vocab * a + layer
+    return max(prefill, decode_step_bytes(s, a, rows, capacity))
+
+
+def cuda_graph_pool(s: Shape, a: int, rows: int, capacity: int) -> int:
+    """The private memory pool of the fast path's CUDA graphs (CUDA only: decode_fast compiles its step
+    with mode "reduce-overhead" there; on a CPU nothing is compiled into graphs).
+
+    Assumption, from how torch's CUDA-graph trees allocate: every graph (one per attention width) records
+    its allocations in one pool per device, kept reserved as long as the graphs exist (the decoder keeps
+    them: through every phase). The step writes its results in place into the kept buffers and returns
+    nothing, so when a graph ends all it allocated is dead and the next graph reuses that memory: the
+    pool holds one step's temporaries at the widest attention (decode_step_bytes at full capacity). The
+    eager warm-up run of each new graph allocates the same temporaries outside the pool, which the
+    generate phase's workspace already counts. Not measured here (no GPU): experiments/gpu_check.py
+    compares the CUDA peak with the plan.
+    """
+    return decode_step_bytes(s, a, rows, capacity)
+
+
+def hf_generate_bytes(s: Shape, a: int, rows: int, prompt: int, max_new: int, kv_cache_bytes: float | None = None,
+                      ) -> dict:
+    """One Hugging Face generate call (--decode generate): rows = prompts x M sequences, each its own copy
+    of the prompt. Its DynamicCache is freed when the call returns.
+
+    KV cache     rows x (prompt + max_new) positions, no rounding. Under bf16 autocast the keys come out
+                 of Qwen3's k_norm (Llama: the rotary embedding) in fp32 and values in bf16: 3 bytes per
+                 element on average (kv_cache_bytes overrides it); in fp32, 4.
+    The larger of two other moments:
+      prefill    every row's prompt at once (rows x prompt tokens): its cache is still smaller than the
+                 full one; one layer's forward temporaries (weight_pass's formula with no shared prompt;
+                 the output layer's weight is cast after them, as in fast_generate_workspace) and the last
+                 position's logits, compute dtype and fp32 copy [rows, V]
+      decoding   the cache grows by concatenation: a layer's keys are copied into a new tensor one
+                 position longer while the old one is alive (one layer's fp32 keys); one step's logits
+                 [rows, V] in the compute dtype, and four fp32 [rows, V]: their fp32 copy (or Hugging Face generate's
+                 noise), the processed scores (EOS masked), the probabilities and the sampler's temporary;
+                 one layer's attention scores (rows x heads x positions, fp32)
+    """
+    bytes_per = kv_cache_bytes or ((FP32 + a) / 2 if a != FP32 else FP32)
+    length = prompt + max_new
+    kv = int(rows * length * kv_bytes_per_token(s, bytes_per))
+    head_cast = s.vocab * s.hidden * a if a != FP32 else 0  # cast after the last layer (fast_generate_workspace)
+    prefill = (rows * prompt * s.layers * s.kv_heads * s.head_dim * (FP32 + a) - kv  # the cache is counted whole
+               + max(weight_pass(s, a, rows, 0, prompt)["forward workspace"] - head_cast, 0)
+               + rows * s.vocab * (a + FP32))
+    grow = rows * length * s.kv_heads * s.head_dim * FP32
+    decode = grow + rows * s.vocab * (a + 4 * FP32) + rows * s.heads * length * FP32
     return {"KV cache": kv, "generate workspace": max(prefill, decode)}
+
+
+def plain_weight_pass(s: Shape, a: int, n: int, seq: int) -> dict:
+    """The weight pass with --logprobs plain (no gradient): n whole sequences of seq tokens per micro-batch.
+
+    The larger of: one layer's forward temporaries (weight_pass's formula, no shared prompt), and the
+    output layer: the final hidden states [n, seq, H] fp32 and the logits of every position, where
+    _token_logprobs holds two [n, seq, V] fp32 tensors at once (the logits and their index_fill, or
+    those and their log-softmax; under bf16 the compute-dtype logits die once copied to fp32), for z's
+    tokens, then again for y's (the fp32 output layer and its log-softmax).
+    """
+    T = n * seq
+    layer = weight_pass(s, a, n, 0, seq)["forward workspace"]
+    head = T * FP32 * s.hidden + 2 * T * s.vocab * FP32
+    return {"forward workspace": layer if layer > head else 0, "logits [N, T, V]": head if head >= layer else 0}
+
+
+def plain_gradient_pass(s: Shape, a: int, n: int, seq: int, grad_ckpt: bool, casts: int) -> dict:
+    """The gradient pass with --logprobs plain: n whole sequences of seq tokens (prompt included) per
+    micro-batch, every position through the output layer (logprobs.sequence_logprobs).
+
+    Activations, per layer: each sequence's seq tokens (layer_saved_per_token) and its attention over
+    its own seq positions (layer_saved_per_row); with checkpointing, each layer's fp32 input and the
+    boolean mask [n, 1, seq, seq], plus one layer recomputed. Final RMSNorm 8H + 4 per token.
+    Logits: autograd saves each log-softmax's fp32 output [n, seq, V] (z's and y's); the compute-dtype
+    logits, their fp32 copy and index_fill save nothing large. y's log-probs were computed last, so
+    back-propagate first: its gather's gradient (a dense fp32 [n, seq, V]) and the log-softmax's input
+    gradient (another) are alive with both saved outputs: 4 x [n, seq, V] fp32, the largest moment,
+    with the output layer's fp32 [V, H] weight gradient right after it (held until the embedding's
+    backward when the embedding is tied). A decoder layer's backward follows (gradient_pass's workspace
+    formulas over n x seq tokens attending to seq positions).
+    """
+    H, V, L, I, d = s.hidden, s.vocab, s.layers, s.intermediate, s.head_dim
+    T = n * seq
+    tok, row = layer_saved_per_token(s, a), layer_saved_per_row(s, a, seq, seq)
+    head = T * (2 * FP32 * H + FP32) + T * 2 * d * FP32  # final RMSNorm; rotary cos/sin
+    if grad_ckpt:
+        saved, recompute, layer_casts = L * T * FP32 * H + n * seq * seq, T * tok + n * row, casts // L
+    else:
+        saved, recompute, layer_casts = L * (T * tok + n * row), 0, casts
+    grad_w = V * H * FP32
+    up = FP32 if a != FP32 else 0
+    ws_layer = max(T * (FP32 * H + 2 * a * I), n * s.heads * d * seq * (2 * a + up) + T * (a * s.heads * d + FP32 * H))
+    moments = {
+        "output layer backward": {"bf16 weight copies": 0 if grad_ckpt else casts, "activations": saved + head,
+                                  "logits [N, T, V]": 4 * T * V * FP32},
+        "last layer's backward": {"bf16 weight copies": layer_casts, "activations": saved + recompute,
+                                  "backward workspace": ws_layer, "held gradients": grad_w if s.tied else 0},
+        "embedding backward": {"held gradients": grad_w if s.tied else 0, "embedding gradient": grad_w},
+    }
+    moment = max(moments, key=lambda m: sum(moments[m].values()))
+    return {"moment": moment, "terms": moments[moment], "moments": moments}
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -330,6 +482,12 @@ class Plan:
     def phase_bytes(self, phase: str) -> int:
         return sum(self.phases[phase].values())
 
+    def at_start(self, phase: str) -> int:
+        """Bytes alive when the phase begins: the kept terms (KEPT_TERMS), and before the optimizer step the
+        gradients. phase_bytes(phase) - at_start(phase) is what the phase adds (memory_check measures that)."""
+        alive = KEPT_TERMS + (("gradients",) if phase == "optimizer step" else ())
+        return sum(b for name, b in self.phases[phase].items() if name in alive)
+
     @property
     def peak_phase(self) -> str:
         return max(self.phases, key=self.phase_bytes)
@@ -342,7 +500,8 @@ class Plan:
 def estimate(config, *, M: int, gen_questions: int, prompt_tokens: int, max_new_tokens: int, micro_batch: int,
              seq_tokens: int | None = None, grad_ckpt: bool, precision: str = "bf16", optimizer: str = "adamw",
              device: str = "cuda", val_questions: int = 0, eval_n: int = 0, val_max_new_tokens: int = 0,
-             kv_cache_bytes: float | None = None) -> Plan:
+             kv_cache_bytes: float | None = None, decode: str = "fast", logprobs: str = "fast",
+             step_rows: int | None = None) -> Plan:
     """Memory of a training run, per term and per phase, in bytes.
 
     config          a transformers config (Llama/SmolLM2 or Qwen3 decoder)
@@ -353,21 +512,29 @@ def estimate(config, *, M: int, gen_questions: int, prompt_tokens: int, max_new_
     seq_tokens      a gradient-pass sequence, prompt included (default prompt_tokens + max_new_tokens)
     grad_ckpt       gradient checkpointing; precision "fp32" or "bf16" (autocast over fp32 master weights)
     optimizer       "adamw" (two fp32 moments) or "sgd" (no state); device "cuda" (AdamW's foreach step
-                    holds one temporary per parameter) or "cpu" (one tensor at a time)
+                    holds one temporary per parameter; the fast path's CUDA graphs) or "cpu"
     val_questions   questions per validation generate call, eval_n samples each (0: no validation phase),
                     adding val_max_new_tokens tokens (think budget + "</think>" + answer budget)
-    kv_cache_bytes  bytes per cached key/value element (default: the compute dtype's)
+    kv_cache_bytes  bytes per cached key/value element (default: the compute dtype's for the fast path;
+                    fp32 keys and compute-dtype values for Hugging Face generate)
+    decode          train.py's --decode: "fast" (buffers kept through every phase) or "generate"
+    logprobs        train.py's --logprobs: "fast" (chunked, shared prompt) or "plain" ([N, T, V] logits)
+    step_rows       sequences in a step's gradient pass (B x M; default: more than one micro-batch)
 
     >>> import models
     >>> plan = estimate(models.qwen3_0_6b_config(), M=32, gen_questions=1, prompt_tokens=1800,
     ...                 max_new_tokens=4097, micro_batch=4, grad_ckpt=True)
-    >>> plan.peak_phase, round(plan.phases["generate"]["KV cache"] / 1e9, 1)   # 32 x 6145 positions x 112 KiB, + logits
-    ('generate', 22.6)
+    >>> plan.peak_phase, round(plan.phases["weight pass"]["decoding buffers"] / 1e9, 1)   # 32 x 6145 x 112 KiB, + logits
+    ('gradient pass', 22.6)
     """
     if precision not in DTYPE_BYTES:
         raise ValueError(f"precision must be one of {sorted(DTYPE_BYTES)}, got {precision!r}")
     if optimizer not in ("adamw", "sgd"):
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
+    if decode not in DECODE_PATHS:
+        raise ValueError(f"decode must be one of {DECODE_PATHS}, got {decode!r}")
+    if logprobs not in LOGPROB_PATHS:
+        raise ValueError(f"logprobs must be one of {LOGPROB_PATHS}, got {logprobs!r}")
     for name, value in [("M", M), ("gen_questions", gen_questions), ("prompt_tokens", prompt_tokens),
                         ("max_new_tokens", max_new_tokens), ("micro_batch", micro_batch)]:
         if value < 1:
@@ -379,53 +546,89 @@ def estimate(config, *, M: int, gen_questions: int, prompt_tokens: int, max_new_
     seq = seq_tokens if seq_tokens is not None else prompt_tokens + max_new_tokens
     cont = max(seq - prompt_tokens, 1)
     rows = gen_questions * M
+    validation = bool(val_questions and eval_n)
+    val_rows = val_questions * eval_n if validation else 0
 
     weights, grads = P * FP32, P * FP32
     opt_state = 2 * P * FP32 if optimizer == "adamw" else 0
     # bf16 autocast casts each Linear weight on first use and caches the copy until the autocast block
-    # ends (torch caches casts of leaf tensors that require grad): all of them during generate and the
-    # weight pass, and during the gradient pass's forward; without checkpointing the backward keeps them.
+    # ends (torch caches casts of leaf tensors that require grad): all of them during generate (the
+    # prefill runs the model itself) and the weight pass, and during the gradient pass's forward; without
+    # checkpointing the backward keeps them.
     casts = counts["cast"] * a if a != FP32 else 0
     if optimizer == "adamw":  # torch's foreach AdamW: one sqrt(v) temporary per parameter; per tensor on a CPU
         opt_step = P * FP32 if device == "cuda" else 2 * counts["largest"] * FP32
     else:
         opt_step = 0  # SGD without momentum updates in place
 
-    gen = generate_bytes(s, a, gen_questions, rows, prompt_tokens, max_new_tokens, kv_cache_bytes)
-    wp = weight_pass(s, a, micro_batch, prompt_tokens, cont)
-    gp = gradient_pass(s, a, micro_batch, prompt_tokens, cont, grad_ckpt, casts, counts["layer"])
-    base = {"weights": weights, "gradients": grads, "optimizer state": opt_state}
+    # Alive through every phase: the weights, AdamW's moments and, with the fast decoding path, its kept
+    # state: the buffers for the largest call (training's rows or validation's, the longest new tokens),
+    # the twin's compute-dtype copy of every Linear (none in fp32: the twin shares the fp32 weights), and on
+    # CUDA the CUDA graphs' pool.
+    kept = {"weights": weights, "optimizer state": opt_state}
+    buf_rows = max(rows, val_rows)
+    capacity = decode_capacity(prompt_tokens, max(max_new_tokens, val_max_new_tokens if validation else 0))
+    if decode == "fast":
+        kept["decoding buffers"] = fast_decode_buffers(s, a, buf_rows, capacity, kv_cache_bytes)
+        kept["decoding twin weights"] = casts
+        kept["CUDA graph pool"] = cuda_graph_pool(s, a, buf_rows, capacity) if device == "cuda" else 0
+
+    def generate_terms(questions, n_rows, max_new):
+        if decode == "fast":
+            return {"generate workspace": fast_generate_workspace(s, a, questions, n_rows, prompt_tokens, capacity)}
+        return hf_generate_bytes(s, a, n_rows, prompt_tokens, max_new, kv_cache_bytes)
+
+    if logprobs == "fast":
+        wp = weight_pass(s, a, micro_batch, prompt_tokens, cont)
+        gp = gradient_pass(s, a, micro_batch, prompt_tokens, cont, grad_ckpt, casts, counts["layer"])
+    else:
+        wp = plain_weight_pass(s, a, micro_batch, seq)
+        gp = plain_gradient_pass(s, a, micro_batch, seq, grad_ckpt, casts)
+    # The gradients are freed after each step: the first micro-batch's backward creates them, each when its
+    # parameter's gradient is ready, after the moments the gradient pass peaks at (the gradients not ready
+    # then are the held ones, counted there). Every later micro-batch runs with all of them alive: count them
+    # unless the whole step is one micro-batch.
+    grads_in_pass = 0 if step_rows is not None and step_rows <= micro_batch else grads
     phases = {
-        "generate": {**base, "bf16 weight copies": casts, **gen},
-        "weight pass": {**base, "bf16 weight copies": casts, **wp},
-        "gradient pass": {**base, **gp["terms"]},
-        "optimizer step": {**base, "optimizer step temporaries": opt_step},
+        "generate": {**kept, "bf16 weight copies": casts, **generate_terms(gen_questions, rows, max_new_tokens)},
+        "weight pass": {**kept, "bf16 weight copies": casts, **wp},
+        "gradient pass": {**kept, "gradients": grads_in_pass, **gp["terms"]},
+        "optimizer step": {**kept, "gradients": grads, "optimizer step temporaries": opt_step},
     }
-    if val_questions and eval_n:
-        val = generate_bytes(s, a, val_questions, val_questions * eval_n, prompt_tokens, val_max_new_tokens,
-                             kv_cache_bytes)
-        phases["validation generate"] = {**base, "bf16 weight copies": casts,
-                                         "KV cache (validation)": val["KV cache"],
-                                         "generate workspace": val["generate workspace"]}
+    if validation:
+        val = generate_terms(val_questions, val_rows, val_max_new_tokens)
+        phases["validation generate"] = {**kept, "bf16 weight copies": casts,
+                                         **{("KV cache (validation)" if k == "KV cache" else k): v
+                                            for k, v in val.items()}}
     kv_tok = kv_bytes_per_token(s, kv_cache_bytes or a)
+    hf_tok = kv_bytes_per_token(s, kv_cache_bytes or ((FP32 + a) / 2 if a != FP32 else FP32))
     formulas = {
         "weights": f"{P / 1e6:.1f}M parameters x 4 B (fp32 master weights)",
-        "gradients": "fp32, one per parameter",
         "optimizer state": "AdamW: 2 fp32 moments per parameter" if optimizer == "adamw" else "SGD: none",
+        "decoding buffers": (f"fast decode, kept: {buf_rows} rows x {capacity} positions x {kv_tok / 1024:.1f} "
+                             "KiB/token, + fp32 [rows, V] logits and noise"),
+        "decoding twin weights": f"fast decode, kept: {counts['cast'] / 1e6:.1f}M Linear parameters x 2 B",
+        "CUDA graph pool": "fast decode on CUDA, kept: one decoding step's temporaries at full width",
+        "gradients": "fp32, one per parameter (gradient pass and optimizer step only)",
         "bf16 weight copies": f"{counts['cast'] / 1e6:.1f}M Linear parameters x 2 B (autocast cache)",
-        "KV cache": f"{rows} rows x {prompt_tokens + max_new_tokens} tokens x {kv_tok / 1024:.1f} KiB/token",
-        "generate workspace": "prefill cache copy, or one decoding step's logits",
+        "KV cache": (f"HF generate: {rows} rows x {prompt_tokens + max_new_tokens} tokens x {hf_tok / 1024:.1f} "
+                     "KiB/token (fp32 keys)"),
+        "generate workspace": ("prefill cache copy, or one decoding step's logits" if decode == "fast" else
+                               "all rows' prefill, or the cache's growth and one step's logits"),
         "prompt keys/values": f"one {prompt_tokens}-token prompt, all layers (fp32 keys)",
-        "forward workspace": f"weight pass: one layer of {micro_batch} x {cont} tokens attending to {prompt_tokens + cont}",
-        "activations": (f"{micro_batch} x {cont} tokens + the {prompt_tokens}-token prompt, "
-                        + ("layer inputs (checkpointing) + one layer recomputed" if grad_ckpt else "all layers")),
+        "forward workspace": (f"weight pass: one layer of {micro_batch} x {cont} tokens attending to {prompt_tokens + cont}"
+                              if logprobs == "fast" else f"weight pass: one layer of {micro_batch} x {seq} tokens"),
+        "logits [N, T, V]": f"plain log-probs: {micro_batch} x {seq} positions x {s.vocab} fp32 logits, 2 or 4 at once",
+        "activations": (f"{micro_batch} x {cont} tokens + the {prompt_tokens}-token prompt, " if logprobs == "fast"
+                        else f"{micro_batch} x {seq} tokens, ")
+                       + ("layer inputs (checkpointing) + one layer recomputed" if grad_ckpt else "all layers"),
         "backward workspace": "gradients of one layer's attention or MLP",
         "log-prob chunk (forward)": f"{min(chunk_tokens(s.vocab), micro_batch * cont)} tokens x {s.vocab} logits",
         "log-prob chunk + [V, H] gradient (backward)": "the chunk's logit gradients + the fp32 output-layer gradient",
         "held gradients": "weight and prompt key/value gradients autograd holds until the prompt's backward",
         "embedding gradient": "dense fp32 [V, H], at the end of the backward",
         "optimizer step temporaries": "foreach AdamW: sqrt(v) per parameter" if optimizer == "adamw" else "none",
-        "KV cache (validation)": f"{val_questions * eval_n} rows x {prompt_tokens + val_max_new_tokens} tokens",
+        "KV cache (validation)": f"HF generate: {val_rows} rows x {prompt_tokens + val_max_new_tokens} tokens",
     }
     terms = {}  # each term's largest value in any phase (and in any moment of the gradient pass)
     for phase in list(phases.values()) + list(gp["moments"].values()):
@@ -434,8 +637,8 @@ def estimate(config, *, M: int, gen_questions: int, prompt_tokens: int, max_new_
     settings = dict(M=M, gen_questions=gen_questions, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens,
                     micro_batch=micro_batch, seq_tokens=seq_tokens, grad_ckpt=grad_ckpt, precision=precision,
                     optimizer=optimizer, device=device, val_questions=val_questions, eval_n=eval_n,
-                    val_max_new_tokens=val_max_new_tokens,
-                    kv_cache_bytes=kv_cache_bytes)
+                    val_max_new_tokens=val_max_new_tokens, kv_cache_bytes=kv_cache_bytes, decode=decode,
+                    logprobs=logprobs, step_rows=step_rows)
     notes = [f"gradient pass peaks at the {gp['moment']}"]
     return Plan(settings=settings, config=config, shape=s, params=P, terms=terms, phases=phases, notes=notes)
 
@@ -464,7 +667,8 @@ def format_plan(plan: Plan, device_name: str, device_bytes: int) -> str:
     st = plan.settings
     lines = [f"memory plan: {plan.shape.name} shape, {plan.params / 1e6:.1f}M parameters, "
              f"{'bf16 autocast over fp32 weights' if st['precision'] == 'bf16' else 'fp32'}, {st['optimizer']}, "
-             f"gradient checkpointing {'on' if st['grad_ckpt'] else 'off'}",
+             f"gradient checkpointing {'on' if st['grad_ckpt'] else 'off'}, --decode {st['decode']}, "
+             f"--logprobs {st['logprobs']}, {st['device']}",
              f"  generate: {st['gen_questions']} question(s) x M {st['M']} = {st['gen_questions'] * st['M']} rows of "
              f"{st['prompt_tokens']} prompt + {st['max_new_tokens']} new tokens; gradient pass: micro-batch "
              f"{st['micro_batch']} sequences of {st['seq_tokens'] or st['prompt_tokens'] + st['max_new_tokens']} tokens",
@@ -499,8 +703,9 @@ def check_fits(plan: Plan, device_bytes: int, headroom: float = HEADROOM) -> Fit
     """Whether the plan's peak fits in headroom x device_bytes; if not, the flag to change and a value that fits.
 
     The flags are tried in the order that changes the method least, each only where it lowers the
-    peak phase: --gen-batch (questions per generate call), --grad-ckpt, --micro-batch (the gradient
-    does not depend on these), --eval-n (validation), then --M and --think-budget (the paper's values).
+    peak phase: --gen-batch (questions per generate call), --grad-ckpt, --logprobs fast, --micro-batch,
+    --decode (the gradient does not depend on these), --eval-n (validation), then --M and --think-budget
+    (the paper's values).
 
     >>> import models
     >>> plan = estimate(models.qwen3_0_6b_config(), M=32, gen_questions=4, prompt_tokens=1800,
@@ -534,17 +739,26 @@ def check_fits(plan: Plan, device_bytes: int, headroom: float = HEADROOM) -> Fit
 
     # (flag, values from the least to the most change, the settings for a value, what to tell)
     candidates = []
-    questions = {"generate": st["gen_questions"], "validation generate": st["val_questions"]}.get(phase, 1)
+    # Questions per call set the generate phases; with --decode fast they also size the buffers every phase keeps.
+    kept_rows = st["decode"] == "fast"
+    questions = {"generate": st["gen_questions"], "validation generate": st["val_questions"]}.get(
+        phase, max(st["gen_questions"], st["val_questions"]) if kept_rows else 1)
     if questions > 1:
         candidates.append(("--gen-batch", range(questions - 1, 0, -1), gen_batch, "lower --gen-batch to {}"))
     if phase == "gradient pass" and not st["grad_ckpt"]:
         candidates.append(("--grad-ckpt", [True], lambda v: {"grad_ckpt": v}, "pass --grad-ckpt"))
+    if phase in ("gradient pass", "weight pass") and st["logprobs"] == "plain":  # the same numbers, chunked
+        candidates.append(("--logprobs", ["fast"], lambda v: {"logprobs": v}, "pass --logprobs {}"))
     if phase in ("gradient pass", "weight pass") and st["micro_batch"] > 1:
         candidates.append(("--micro-batch", range(st["micro_batch"] - 1, 0, -1), lambda v: {"micro_batch": v},
                            "lower --micro-batch to {}"))
-    if phase == "validation generate" and st["eval_n"] > 1:
+    # The same samples by another loop: the fast path's kept buffers weigh on every phase, generate's
+    # cache (fp32 keys) on the generate phases only.
+    other = {"fast": "generate", "generate": "fast"}[st["decode"]]
+    candidates.append(("--decode", [other], lambda v: {"decode": v}, "pass --decode {}"))
+    if (phase == "validation generate" or kept_rows) and st["eval_n"] > 1:
         candidates.append(("--eval-n", range(st["eval_n"] - 1, 0, -1), lambda v: {"eval_n": v}, "lower --eval-n to {}"))
-    if phase == "generate" and st["M"] > 2:
+    if (phase == "generate" or kept_rows) and st["M"] > 2:
         candidates.append(("--M", range(st["M"] - 1, 1, -1), lambda v: {"M": v}, "lower --M to {}"))
     candidates.append(("--think-budget", range(1, st["max_new_tokens"]), think_cut,
                        "lower --think-budget by {} tokens"))
@@ -559,7 +773,8 @@ def check_fits(plan: Plan, device_bytes: int, headroom: float = HEADROOM) -> Fit
             fit.flag, fit.message = flag, f"{need}: " + say.format(values[lo])
             return fit
     fit.flag = "--optimizer" if st["optimizer"] == "adamw" else None
-    fit.message = (f"{need}; no single setting among --gen-batch, --grad-ckpt, --micro-batch, --M, --think-budget "
+    fit.message = (f"{need}; no single setting among --gen-batch, --grad-ckpt, --micro-batch, --logprobs, --decode, "
+                   "--eval-n, --M, --think-budget "
                    "makes it fit" + (" (--optimizer sgd drops AdamW's two moments)" if fit.flag else ""))
     return fit
 
@@ -588,6 +803,41 @@ def finqa_prompt_tokens(path: str = "samples/finqa_dev_sample.json") -> int:
     return max(prompt_tokens_of(prompts.build_prompt(tok, ex, "finqa", "warm")) for ex in rows)
 
 
+THINK_CLOSE_TOKENS = 8  # plan_run counts "</think>" at its longest spelling (the byte-level tiny tokenizer's)
+CHAT_TEMPLATE_TOKENS = 32  # plan_run: the chat template's tokens around the user turn
+
+
+def plan_run(args, examples) -> tuple[str, "Fit"]:
+    """The memory train.py's run will need, before any weights load: (the table, the fit against the device).
+
+    args: train.py's parsed flags (model, task, start, M, B, gen_batch, think_budget, answer_budget,
+    estimator, micro_batch, grad_ckpt, precision, optimizer, device, eval_batch, eval_n, decode,
+    logprobs); examples: every question the run will see (training and validation), whose longest
+    prompt sets the prompt length. The model's shape comes from its config alone (config_for: no
+    download for the models the project knows), the prompt's tokens from its characters
+    (prompt_tokens_of) plus the chat template's, and "</think>" counts 8 tokens, its longest spelling.
+    GRPO's rollouts write answers too; validation always writes them (train.py validates after the
+    last step at least). Raises models.ModelLoadError when --model's config cannot be read.
+
+        table, fit = plan_run(args, train_examples + val_examples)
+        print(table); print("fits" if fit.ok else f"does not fit: {fit.message}")
+    """
+    from prompts import user_message
+    config = config_for(args.model)
+    prompt = max(prompt_tokens_of(user_message(ex, args.task, args.start)) for ex in examples)
+    prompt += CHAT_TEMPLATE_TOKENS
+    think = args.think_budget + THINK_CLOSE_TOKENS
+    plan = estimate(
+        config, M=args.M, gen_questions=args.gen_batch or args.B, prompt_tokens=prompt,
+        max_new_tokens=think + (args.answer_budget if args.estimator == "grpo" else 0), micro_batch=args.micro_batch,
+        seq_tokens=prompt + think + args.answer_budget, grad_ckpt=args.grad_ckpt, precision=args.precision,
+        optimizer=args.optimizer, device=args.device, val_questions=args.eval_batch, eval_n=args.eval_n,
+        val_max_new_tokens=think + args.answer_budget, decode=getattr(args, "decode", "fast"),
+        logprobs=getattr(args, "logprobs", "fast"), step_rows=args.B * args.M)
+    name, total = device_memory(args.device)
+    return format_plan(plan, name, total), check_fits(plan, total)
+
+
 def main(argv=None):
     import models
     from rollout import PAPER_THINK_BUDGETS
@@ -601,6 +851,12 @@ def main(argv=None):
     a("--think-budget", type=int, default=PAPER_THINK_BUDGETS["finqa"], help="thinking tokens (FinQA: 3968)")
     a("--answer-budget", type=int, default=128, help="answer tokens (paper: 128)")
     a("--micro-batch", type=int, default=4, help="sequences per forward/backward")
+    a("--eval-n", type=int, default=16, help="validation samples per question (paper: 16; 0: no validation phase)")
+    a("--eval-batch", type=int, default=4, help="validation questions per generate call (train.py's paper preset: 4)")
+    a("--decode", choices=DECODE_PATHS, default="fast", help="rollouts: Hugging Face generate, or the fast path "
+      "whose buffers stay allocated (train.py's paper preset: fast)")
+    a("--logprobs", choices=LOGPROB_PATHS, default="fast", help="log-probs: plain (whole sequences, [N, T, V] "
+      "logits) or fast (chunked, shared prompt; train.py's paper preset)")
     a("--precision", choices=sorted(DTYPE_BYTES), default="bf16", help="bf16 autocast over fp32 weights, or fp32")
     a("--grad-ckpt", action=argparse.BooleanOptionalAction, default=True, help="gradient checkpointing")
     a("--optimizer", choices=["adamw", "sgd"], default="adamw", help="optimizer")
@@ -611,7 +867,10 @@ def main(argv=None):
     close = 1  # "</think>" is one token in Qwen3's vocabulary
     plan = estimate(models.qwen3_0_6b_config(), M=args.M, gen_questions=args.gen_batch, prompt_tokens=prompt,
                     max_new_tokens=args.think_budget + close + args.answer_budget, micro_batch=args.micro_batch,
-                    grad_ckpt=args.grad_ckpt, precision=args.precision, optimizer=args.optimizer)
+                    grad_ckpt=args.grad_ckpt, precision=args.precision, optimizer=args.optimizer,
+                    device="cuda", val_questions=args.eval_batch if args.eval_n else 0, eval_n=args.eval_n,
+                    val_max_new_tokens=args.think_budget + close + args.answer_budget, decode=args.decode,
+                    logprobs=args.logprobs)
     if args.device_gb:
         name, total = "the device", int(args.device_gb * GB)
     else:

@@ -23,11 +23,12 @@ sys.path.insert(0, str(ROOT))  # as a script from anywhere: the library is the t
 
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, TrainerCallback
+from transformers import TrainerCallback
 
 import train
 from data import TASKS
-from models import describe, load_model
+import models
+from models import ModelLoadError, describe, load_model
 from prompts import build_prompt
 from rollout import PAPER_THINK_BUDGETS
 from scale.trl_garl import GARLConfig, GARLTrainer
@@ -137,12 +138,10 @@ def garl_config(args) -> GARLConfig:
 
 
 def load_tokenizer(name: str):
-    """The tokenizer of a hub id or checkpoint, checked as models.load_model checks it."""
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    """The tokenizer of a hub id or checkpoint, checked as models.load_model checks it (ModelLoadError if not)."""
+    tokenizer = models.load_tokenizer(name)
     if tokenizer.chat_template is None:
-        raise SystemExit(f"--model {name}: the tokenizer has no chat template; prompts need one")
+        raise ModelLoadError(f"--model {name}: the tokenizer has no chat template; prompts need one")
     return tokenizer
 
 
@@ -169,11 +168,15 @@ def main(argv=None):
     print(f"data: {len(train_examples)} training questions ({args.task}, {args.start} start); "
           f"{args.B} x {args.M} rows per step = {args.world_size} process(es) x "
           f"{config.gradient_accumulation_steps} micro-batch(es) of {args.micro_batch}")
-    if args.model in ("tiny", "smollm2"):  # built in code: an instance
-        model, tokenizer = load_model(args.model)
-    else:  # a hub id or a checkpoint: TRL loads it itself (fp32 weights), so ZeRO-3 can partition it as it loads
-        model, tokenizer = args.model, load_tokenizer(args.model)
-        config.model_init_kwargs = {"dtype": torch.float32}  # fp32 master weights (bf16 is autocast)
+    try:  # a missing directory, a hub id without network: one line naming --model, no traceback
+        if args.model in ("tiny", "smollm2"):  # built in code: an instance
+            model, tokenizer = load_model(args.model)
+        else:  # a hub id or a checkpoint: TRL loads it itself (fp32 weights), so ZeRO-3 can partition it as it loads
+            model, tokenizer = args.model, load_tokenizer(args.model)
+            config.model_init_kwargs = {"dtype": torch.float32}  # fp32 master weights (bf16 is autocast)
+    except ModelLoadError as e:
+        print(f"scale/train_trl.py: {e}", file=sys.stderr)
+        sys.exit(2)
     dataset = Dataset.from_list([{"prompt": build_prompt(tokenizer, ex, args.task, args.start), "answer": ex["answer"]}
                                  for ex in train_examples])
     out = Path(args.out)

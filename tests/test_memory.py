@@ -113,30 +113,66 @@ def check_ratios(phases, low=0.8, high=1.1, rss_high=1.25):
 def test_phase_estimates_match_measured_peaks(tmp_path):
     """One GARL step in fp32 (tiny-wide: 4 layers, vocabulary 8192), measured both ways in a fresh process
     (resident sizes need glibc's mmap threshold fixed from the start). bf16 with checkpointing: the GPU
-    check's smoke test below."""
-    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "memory_check.py"), "--M", "4",
+    check's smoke test below. M 8, two micro-batches of 4: the second runs with the gradients alive, as every
+    micro-batch but the first does at the paper's scale (the plan counts them in the gradient pass)."""
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "memory_check.py"), "--M", "8",
                           "--think-budget", "16", "--measure", "both", "--json", str(tmp_path / "check.json")],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     check_ratios(json.loads((tmp_path / "check.json").read_text())["phases"])
 
 
-def test_paper_setup_fits_an_80gb_gpu_and_generation_is_its_peak():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_plain_paths_estimates_match_measured_peaks(tmp_path, precision):
+    """--decode generate (a growing DynamicCache, fp32 keys under bf16 autocast) and --logprobs plain ([N, T, V]
+    logits): each phase within the bounds, measured by the CPU allocator."""
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "memory_check.py"), "--M", "8", "--think-budget",
+                          "16", "--measure", "torch", "--decode", "generate", "--logprobs", "plain", "--precision",
+                          precision, "--json", str(tmp_path / "check.json")]
+                         + (["--grad-ckpt"] if precision == "bf16" else []),
+                         capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    check_ratios(json.loads((tmp_path / "check.json").read_text())["phases"])
+
+
+def test_paper_setup_fits_an_80gb_gpu_and_the_kept_decoding_buffers_weigh_on_every_phase():
     plan = paper_plan()
-    assert plan.peak_phase == "generate"
-    kv = plan.phases["generate"]["KV cache"]
-    capacity = 6144 + 1  # 1800 + 4097 = 5897 positions, rounded up to rollout.decode_fast's 256-position bucket, + 1 spare
-    assert kv == 32 * capacity * 28 * 2 * 8 * 128 * 2 + 2 * 32 * 151936 * 4  # rows x positions x layers x (k, v)
-    # x heads x dim x bf16, and the fp32 [rows, V] logits and sampling noise
+    capacity = 6144 + 1  # 1800 + 4097 = 5897 positions, rounded up to fast.decode.decode_fast's 256-position bucket, + 1 spare
+    buffers = (32 * capacity * 28 * 2 * 8 * 128 * 2  # rows x positions x layers x (k, v) x heads x dim x bf16
+               + 2 * 32 * 151936 * 4  # the fp32 [rows, V] logits and sampling noise
+               + 32 * capacity * 12)  # each row's int64 tokens and fp32 log-probs
+    twin = memory.parameter_count(memory.shape_of(plan.config))["cast"] * 2
+    for phase in plan.phases:  # --decode fast keeps its buffers and its twin's bf16 weights through every phase
+        assert plan.phases[phase]["decoding buffers"] == buffers and plan.phases[phase]["decoding twin weights"] == twin
+        assert ("gradients" in plan.phases[phase]) == (phase in ("gradient pass", "optimizer step"))
+    assert plan.phases["generate"]["CUDA graph pool"] > 0 and paper_plan(device="cpu").phases["generate"]["CUDA graph pool"] == 0
+    # With the buffers kept, the gradient pass (activations, held gradients) sits on top of them: the peak.
+    assert plan.peak_phase == "gradient pass"
     assert memory.check_fits(plan, 80 * GB).ok
     assert not memory.check_fits(plan, 24 * GB).ok
 
 
+def test_decode_and_logprob_paths_change_the_terms_they_own():
+    fast = paper_plan()
+    hf = paper_plan(decode="generate")
+    assert "decoding buffers" not in hf.phases["weight pass"]  # Hugging Face generate frees its cache after each call
+    # its cache: fp32 keys and bf16 values (3 bytes per element), the exact length, only in the generate phase
+    assert hf.phases["generate"]["KV cache"] == 32 * (1800 + 4097) * 28 * 2 * 8 * 128 * 3
+    assert hf.phase_bytes("weight pass") < fast.phase_bytes("weight pass")
+    plain = paper_plan(logprobs="plain")
+    # plain log-probs hold the logits of every position: 4 x [4, 5897, V] fp32 at the output layer's backward
+    assert plain.phases["gradient pass"]["logits [N, T, V]"] == 4 * 4 * 5897 * 151936 * 4
+    fit = memory.check_fits(plain, 80 * GB)
+    assert not fit.ok and fit.flag == "--logprobs" and "pass --logprobs fast" in fit.message
+    with pytest.raises(ValueError, match="decode"):
+        paper_plan(decode="vllm")
+
+
 @pytest.mark.parametrize("changes, device_gb, flag", [
     (dict(gen_questions=4), 80, "--gen-batch"),  # four questions per call: ~86 GB of KV cache
-    (dict(grad_ckpt=False), 40, "--grad-ckpt"),  # every layer's activations: ~64 GB at the gradient pass
+    (dict(grad_ckpt=False), 60, "--grad-ckpt"),  # every layer's activations: ~88 GB at the gradient pass
     (dict(M=8, micro_batch=8), 24, "--micro-batch"),
-    (dict(), 30, "--M"),  # one question's 32 rows of ~5.9k tokens already hold 21 GB of KV cache
+    (dict(), 30, "--M"),  # one question's 32 rows of ~5.9k tokens already hold 21 GB of kept decoding buffers
     (dict(micro_batch=16), 30, "--think-budget"),  # neither a smaller micro-batch nor anything else alone
     (dict(val_questions=8, eval_n=16, val_max_new_tokens=4097), 80, "--gen-batch"),  # validation: 128 rows
     (dict(val_questions=1, eval_n=128, val_max_new_tokens=4097), 80, "--eval-n"),
@@ -186,9 +222,9 @@ def test_bad_settings_and_unknown_models_are_refused():
 
 def test_format_plan_prints_every_phase_against_the_device():
     text = memory.format_plan(paper_plan(val_questions=1, eval_n=16, val_max_new_tokens=4097), "test GPU", 80 * GB)
-    for line in ["| KV cache |", "| activations |", "| log-prob chunk (forward) |", "| generate |",
+    for line in ["| decoding buffers |", "| decoding twin weights |", "| activations |", "| log-prob chunk (forward) |", "| generate |",
                  "| weight pass |", "| gradient pass |", "| optimizer step |", "| validation generate |",
-                 "**peak (generate)**", "of test GPU (80.0 GB)"]:
+                 "**peak (gradient pass)**", "of test GPU (80.0 GB)", "--decode fast", "--logprobs fast"]:
         assert line in text, line
 
 
@@ -214,3 +250,30 @@ def test_decode_bound_reads_the_weights_and_the_cache_once_per_step():
     one_step = gpu_check.decode_bound(config, rows=32, prompt=1000, new=1, kv_bytes=2, bw=1e12)
     assert one_step == pytest.approx(32 / ((weights + 32 * 1000 * kv) / 1e12))
     assert gpu_check.decode_bound(config, 32, 1000, 4096, 2, 1e12) < one_step  # the cache grows as it decodes
+
+
+def test_plan_run_needs_no_network_for_the_paper_model(monkeypatch):
+    """plan_run takes train.py's flags: the paper's Qwen3-0.6B plans from models.py's shape (HF_HUB_OFFLINE=1, no
+    cache); a hub id the project does not know fails in one line naming --model and what to pass."""
+    import huggingface_hub.constants
+    import train
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    args = train.parse_args(["--preset", "paper", "--data", str(ROOT / "samples/finqa_dev_sample.json"),
+                             "--val-size", "8", "--plan"])
+    examples = sum(train.load_data(args), [])
+    table, fit = memory.plan_run(args, examples)
+    assert "qwen3 shape, 596.0M parameters" in table and "| validation generate |" in table
+    assert f"**{fit.peak / 1e9:.2f}**" in table  # the fit is the table's peak
+    args.model = "someone/unknown-model"
+    with pytest.raises(models.ModelLoadError, match=r"^--model someone/unknown-model: .*local checkpoint directory "
+                                                     r"\(holding config.json\)"):
+        memory.plan_run(args, examples)
+
+
+def test_train_plan_prints_the_plan_offline():
+    """The documented command, in a fresh process with HF_HUB_OFFLINE=1: the plan, never a traceback."""
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "train.py", "--preset", "paper", "--data", "samples/finqa_dev_sample.json",
+                          "--val-size", "8", "--plan"], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "memory plan: qwen3 shape" in out.stdout and "**peak (" in out.stdout

