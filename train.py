@@ -51,7 +51,7 @@ PRESETS = {
     # time; the paper's protocol (all 872 FinQA val questions every 25 steps) is --val-size 0 --eval-every 25, ~80%.
     "paper": dict(model="Qwen/Qwen3-0.6B", task="finqa", data="hub", M=32, think_budget=None, answer_budget=128,
                   context_chars=0, steps=200, B=4, micro_batch=4, gen_batch=1, lr=1e-6,
-                  eval_every=50, eval_n=16, eval_batch=4, val_size=100, train_size=0, val_subset=0, save_every=25,
+                  eval_every=50, eval_n=16, eval_batch=2, val_size=100, train_size=0, val_subset=0, save_every=25,
                   precision="bf16", grad_ckpt=True, decode="fast", logprobs="fast"),
     # cpu: a sanity check that the pipeline learns, on 4 real HotPotQA questions seen at every step: short contexts
     # and rationales, and a learning rate a 135M model needs to move visibly within minutes. The reference paths.
@@ -451,8 +451,7 @@ def main(argv=None):
     args = parse_args(argv)
     print("config:", json.dumps(vars(args)))
     try:  # data errors surface before the (slow) model load: a bad file or row, an unreachable hub
-        train_examples, val_examples = load_train_val(args.task, args.data, args.val_data, args.val_size,
-                                                      args.train_size, args.context_chars, args.seed)
+        train_examples, val_examples = load_data(args)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"train.py: {e}") from None
     print(f"data: {len(train_examples)} training and {len(val_examples)} validation questions "
@@ -499,6 +498,12 @@ def phase_timer(stats: dict, device: str):
             torch.cuda.synchronize()  # so that the timing measures the GPU work, not its launch
         stats[f"time_{phase}"] = stats.get(f"time_{phase}", 0.0) + time.perf_counter() - t
     return timer
+
+
+def load_data(args) -> tuple[list[dict], list[dict]]:
+    """The run's (train, val) questions, as --data, --val-data, --val-size, --train-size, --context-chars ask."""
+    return load_train_val(args.task, args.data, args.val_data, args.val_size, args.train_size, args.context_chars,
+                          args.seed)
 
 
 def decode_buffers(args, tokenizer, tokens, examples) -> tuple[int, int] | None:
