@@ -844,21 +844,23 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Print the memory plan of the paper's setup (Qwen3-0.6B's shape, no "
                                 "download) or of other settings, against this machine's memory.")
     a = p.add_argument
-    a("--M", type=int, default=32, help="rationales per question (paper: 32)")
-    a("--gen-batch", type=int, default=1, help="questions per generate call")
+    from train import PRESETS  # every default below is train.py's paper preset (one place for each)
+    paper = PRESETS["paper"]
+    a("--M", type=int, default=paper["M"], help="rationales per question")
+    a("--gen-batch", type=int, default=paper["gen_batch"], help="questions per generate call")
     a("--prompt-tokens", type=int, default=None,
       help="longest prompt (default: the longest FinQA prompt in samples/, characters / 4)")
     a("--think-budget", type=int, default=PAPER_THINK_BUDGETS["finqa"], help="thinking tokens (FinQA: 3968)")
-    a("--answer-budget", type=int, default=128, help="answer tokens (paper: 128)")
-    a("--micro-batch", type=int, default=4, help="sequences per forward/backward")
-    a("--eval-n", type=int, default=16, help="validation samples per question (paper: 16; 0: no validation phase)")
-    a("--eval-batch", type=int, default=4, help="validation questions per generate call (train.py's paper preset: 4)")
-    a("--decode", choices=DECODE_PATHS, default="fast", help="rollouts: Hugging Face generate, or the fast path "
+    a("--answer-budget", type=int, default=paper["answer_budget"], help="answer tokens")
+    a("--micro-batch", type=int, default=paper["micro_batch"], help="sequences per forward/backward")
+    a("--eval-n", type=int, default=paper["eval_n"], help="validation samples per question (0: no validation phase)")
+    a("--eval-batch", type=int, default=paper["eval_batch"], help="validation questions per generate call")
+    a("--decode", choices=DECODE_PATHS, default=paper["decode"], help="rollouts: Hugging Face generate, or the fast path "
       "whose buffers stay allocated (train.py's paper preset: fast)")
-    a("--logprobs", choices=LOGPROB_PATHS, default="fast", help="log-probs: plain (whole sequences, [N, T, V] "
+    a("--logprobs", choices=LOGPROB_PATHS, default=paper["logprobs"], help="log-probs: plain (whole sequences, [N, T, V] "
       "logits) or fast (chunked, shared prompt; train.py's paper preset)")
-    a("--precision", choices=sorted(DTYPE_BYTES), default="bf16", help="bf16 autocast over fp32 weights, or fp32")
-    a("--grad-ckpt", action=argparse.BooleanOptionalAction, default=True, help="gradient checkpointing")
+    a("--precision", choices=sorted(DTYPE_BYTES), default=paper["precision"], help="bf16 autocast over fp32 weights, or fp32")
+    a("--grad-ckpt", action=argparse.BooleanOptionalAction, default=paper["grad_ckpt"], help="gradient checkpointing")
     a("--optimizer", choices=["adamw", "sgd"], default="adamw", help="optimizer")
     a("--device-gb", type=float, default=None,
       help="device memory in GB (default: this machine's GPU, else its RAM)")
