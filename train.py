@@ -54,11 +54,12 @@ PRESETS = {
                   eval_every=50, eval_n=16, eval_batch=2, val_size=100, train_size=0, val_subset=0, save_every=25,
                   precision="bf16", grad_ckpt=True, decode="fast", logprobs="fast"),
     # cpu: a sanity check that the pipeline learns, on 4 real HotPotQA questions seen at every step: short contexts
-    # and rationales, and a learning rate a 135M model needs to move visibly within minutes. The reference paths.
+    # and rationales, and a learning rate a 135M model needs to move visibly within minutes. The fast paths (the
+    # same numbers): with the reference ones a step costs 2.4x the CPU time (147 vs 62 s, docs/performance.md).
     "cpu": dict(model="smollm2", task="hotpotqa", data="sample", M=4, think_budget=16, answer_budget=16,
                 context_chars=200, steps=10, B=4, micro_batch=4, gen_batch=0, lr=3e-4,
                 eval_every=0, eval_n=4, eval_batch=4, val_size=4, train_size=4, val_subset=0, save_every=0,
-                precision="fp32", grad_ckpt=False, decode="generate", logprobs="plain"),
+                precision="fp32", grad_ckpt=False, decode="fast", logprobs="fast"),
 }
 # Changing these on --resume is fine; anything else must match the run being resumed.
 RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "resume", "plan", "decode", "logprobs"}

@@ -532,6 +532,7 @@ def parse_args(argv=None):
     p.add_argument("--pretrain-steps", type=int, default=600, help="language-modelling steps of the mixed base model")
     p.add_argument("--noise-pretrain-steps", type=int, default=300, help="language-modelling steps of the noise bases")
     p.add_argument("--methods", default="all", help="mixed difficulty: comma-separated method names (default all)")
+    p.add_argument("--optimizers", default="sgd,adamw", help="mixed difficulty: comma-separated optimizers to run")
     p.add_argument("--noise-qs", default=",".join(f"{q:g}" for q in NOISE_QS), help="noise: comma-separated q values")
     p.add_argument("--workers", type=int, default=2, help="processes running jobs (1 torch thread each; 1: in this one)")
     p.add_argument("--quick", action="store_true", help="1 seed, short runs: a look, not the reported numbers")
@@ -629,7 +630,7 @@ def main(argv=None):
 
     methods = MIXED_METHODS if args.methods == "all" else [m for m in MIXED_METHODS if m[0] in args.methods.split(",")]
     jobs = []
-    for optimizer in ("sgd", "adamw"):  # longest first: the pool stays busy to the end
+    for optimizer in [o for o in ("sgd", "adamw") if o in args.optimizers.split(",")]:  # longest first
         for method in methods:
             for seed in range(args.seeds):
                 jobs.append({"experiment": "mixed", "method": method, "optimizer": optimizer, "seed": seed,

@@ -39,7 +39,7 @@ Python instead. Each point below is exact:
     therefore allocated ONCE, for `buffers=(rows, positions)` (the largest call planned: training's
     (gen_batch or B) x M rows and validation's eval_batch x eval_n rows share one set), and every call
     decodes in views of them (the first R rows: contiguous, the same addresses). A call that needs more
-    grows them, once, with a warning. They stay allocated until `release(model)` (train.py: at the end).
+    grows them, once, with a warning. They stay allocated until `release(model)`, or until the model is freed.
 """
 import copy
 import itertools

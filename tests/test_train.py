@@ -267,3 +267,30 @@ def test_the_paper_presets_validation_is_at_most_a_quarter_of_decoding(tmp_path)
 def test_no_checkpoints_writes_metrics_only(tmp_path):
     out, lines = run(tmp_path, "--steps", "1", "--no-checkpoints")
     assert len(lines) == 1 and not (out / "latest").exists() and not (out / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("model", ["/nonexistent/checkpoint", "Qwen/Qwen3-0.6B", "nobody/no-such-model"])
+def test_a_model_that_cannot_be_loaded_is_one_message_naming_the_flag(tmp_path, model):
+    """No such directory, the paper's model without network (tests run offline), an unknown hub id offline:
+    train.py and eval.py exit with one line naming --model, no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(FAST + ["--out", str(tmp_path / "x"), "--model", model])
+    message = str(exit_info.value.code)
+    assert message.startswith(f"train.py: --model {model}:") and "\n" not in message
+    with pytest.raises(SystemExit) as exit_info:
+        evaluator.main(["--model", model, "--task", "hotpotqa", "--data", HOTPOT, "--split", "val", "-n", "2",
+                        "--limit", "1", "--out", str(tmp_path / "eval")])
+    assert str(exit_info.value.code).startswith(f"eval.py: --model {model}:")
+
+
+def test_the_reference_and_the_fast_paths_train_alike(tmp_path):
+    """--decode generate --logprobs plain (Hugging Face generate, plain log-probs: the reference) and
+    --decode fast --logprobs fast draw the same rollouts and compute the same numbers, step after step."""
+    runs = {}
+    for decode, logprobs in [("generate", "plain"), ("fast", "fast")]:
+        _, runs[decode] = run(tmp_path, "--steps", "3", "--estimator", "garl", "--decode", decode, "--logprobs", logprobs,
+                              "--no-checkpoints", name=decode)
+    for ref, fast in zip(runs["generate"], runs["fast"]):
+        assert ref["tokens_generated"] == fast["tokens_generated"] and ref["think_tokens_mean"] == fast["think_tokens_mean"]
+        for key in ["w_bar_mean", "j_q", "loss", "grad_norm"]:
+            assert fast[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-12), key
