@@ -122,10 +122,11 @@ def test_phase_estimates_match_measured_peaks(tmp_path):
     check_ratios(json.loads((tmp_path / "check.json").read_text())["phases"])
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_plain_paths_estimates_match_measured_peaks(tmp_path, precision):
-    """--decode generate (a growing DynamicCache, fp32 keys under bf16 autocast) and --logprobs plain ([N, T, V]
-    logits): each phase within the bounds, measured by the CPU allocator."""
+def test_plain_paths_estimates_match_measured_peaks(tmp_path, precision="fp32"):
+    """--decode generate (a growing DynamicCache) and --logprobs plain ([N, T, V] logits): each phase within the
+    bounds, measured by the CPU allocator. (bf16 + checkpointing: `python experiments/memory_check.py --M 8
+    --think-budget 16 --measure torch --decode generate --logprobs plain --precision bf16 --grad-ckpt`, slow
+    under the profiler: not in the suite.)"""
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "memory_check.py"), "--M", "8", "--think-budget",
                           "16", "--measure", "torch", "--decode", "generate", "--logprobs", "plain", "--precision",
                           precision, "--json", str(tmp_path / "check.json")]
