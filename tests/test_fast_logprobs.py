@@ -26,22 +26,8 @@ from fast.logprobs import chunked_token_logprobs, log_weights, sequence_logprobs
 from paft import paft_coefficients, paft_resample
 from prompts import gold_ids, prompt_ids
 from rollout import Sample, SpecialTokens
-from test_logprobs import EXAMPLE, bf16_scored_answers, output_layer_only_model, rollouts
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tensors this small run fastest on one thread; on a busy machine two threads spin-wait (~50x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    tok = models.build_tiny_tokenizer()
-    return models.build_tiny_model(tok, seed=3), tok
+# The plain path's tests' helpers and fixtures (one torch thread; the tiny model), shared.
+from test_logprobs import EXAMPLE, bf16_scored_answers, one_thread, output_layer_only_model, rollouts, tiny  # noqa: F401
 
 
 def with_grads(model, fn, autocast=False, checkpointing=None):

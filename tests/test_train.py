@@ -25,6 +25,19 @@ def run(tmp_path, *extra, name="run"):
     return out, [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def two_questions_rolled_out(seed, M=3, think_budget=5):
+    """The tiny model, its tokens, and M rollouts of each of two questions with the gold answer attached."""
+    tok = models.build_tiny_tokenizer()
+    model = models.build_tiny_model(tok)
+    tokens = SpecialTokens.of(tok)
+    examples = [{"id": str(i), "question": q, "context": "Rush: a band.", "answer": "Rush", "aliases": []}
+                for i, q in enumerate(["Who?", "Which band?"])]
+    torch.manual_seed(seed)
+    groups = train.rollouts(model, tok, examples, "hotpotqa", "warm", M, tokens, think_budget, None, 0)
+    train.attach_gold_answers(groups, examples, tok)
+    return model, tokens, groups
+
+
 @pytest.mark.parametrize("estimator", ["garl", "paft", "grpo"])
 def test_a_few_steps_of_each_estimator(tmp_path, estimator):
     out, lines = run(tmp_path, "--estimator", estimator, "--steps", "2")
@@ -82,14 +95,7 @@ def test_gradient_accumulation_is_exact():
 
 def test_the_gradient_pass_is_the_gradient_of_garl_loss():
     """train.gradient_pass, with garl_coefficients of the weight pass, is Algorithm 1 (garl.garl_loss) exactly."""
-    tok = models.build_tiny_tokenizer()
-    model = models.build_tiny_model(tok)
-    tokens = SpecialTokens.of(tok)
-    examples = [{"id": str(i), "question": q, "context": "Rush: a band.", "answer": "Rush", "aliases": []}
-                for i, q in enumerate(["Who?", "Which band?"])]
-    torch.manual_seed(1)
-    groups = train.rollouts(model, tok, examples, "hotpotqa", "warm", 3, tokens, 5, None, 0)
-    train.attach_gold_answers(groups, examples, tok)
+    model, tokens, groups = two_questions_rolled_out(seed=1)
     flat = [s for g in groups for s in g]
     log_w = log_weights(model, flat, tokens, 6).view(2, 3).double()
     score_coef, path_coef = garl_coefficients(log_w, 0.5)
@@ -217,14 +223,7 @@ def test_a_run_that_cannot_fit_is_refused_before_the_model_loads(tmp_path, monke
 def test_the_gradient_pass_keeps_a_sequence_whose_score_coef_alone_is_zero():
     """When every rationale of a question gives the same w, GARL's score_coef is 0 but its path_coef is not:
     such sequences must still go through the model (their answer tokens carry the pathwise gradient)."""
-    tok = models.build_tiny_tokenizer()
-    model = models.build_tiny_model(tok)
-    tokens = SpecialTokens.of(tok)
-    examples = [{"id": str(i), "question": q, "context": "Rush: a band.", "answer": "Rush", "aliases": []}
-                for i, q in enumerate(["Who?", "Which band?"])]
-    torch.manual_seed(2)
-    groups = train.rollouts(model, tok, examples, "hotpotqa", "warm", 3, tokens, 5, None, 0)
-    train.attach_gold_answers(groups, examples, tok)
+    model, tokens, groups = two_questions_rolled_out(seed=2)
     score_coef = torch.tensor([[0.0, 0.0, 0.0], [0.3, -0.2, -0.1]], dtype=torch.float64)  # [B, M]
     path_coef = torch.tensor([[0.2, 0.2, 0.2], [0.0, 0.5, 0.0]], dtype=torch.float64)  # [B, M]
     model.zero_grad()
