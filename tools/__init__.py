@@ -1,0 +1,1 @@
+"""Tools around a run: plot.py draws runs' metrics.jsonl into one PNG."""
