@@ -248,6 +248,48 @@ def orderings(runs: list[dict], methods: list[str], starts: list[str], min_seeds
     return out
 
 
+ADAM_EPS = 1e-8  # torch.optim.AdamW's default eps, which train.py keeps
+
+
+def run_dir(out: Path, run: dict) -> Path:
+    """Where a run's train.py output lives: OUT/runs/<start>/<method>/seed<k> (e.g. runs/cold/GARL_q0.75/seed0)."""
+    return out / "runs" / run["start"] / run["method"].replace(" ", "_").replace("=", "") / f"seed{run['seed']}"
+
+
+def gradient_scale(runs: list[dict], dirs: list[Path], n_params: int, steps: int = 3) -> list[dict]:
+    """Per run, from its metrics.jsonl: the batch's w_bar and the gradient's RMS per parameter coordinate,
+    grad_norm / sqrt(n_params) (before clipping), over the first `steps` steps, next to Adam's eps.
+
+    Why: AdamW divides each coordinate's gradient by sqrt(v_hat) + eps, so a gradient far above eps gets a
+    full-size step whatever its scale (P^(1-q) included), and only one at or below eps is damped. Example row:
+    {"start": "cold", "method": "GARL q=0", "seed": 0, "w_bar": [6e-06, ...], "rms": [2.3e-07, ...]}.
+    """
+    rows = []
+    for r in runs:
+        if r["kind"] != "run":
+            continue
+        path = next((run_dir(d, r) / "metrics.jsonl" for d in dirs if (run_dir(d, r) / "metrics.jsonl").exists()), None)
+        if path is None:
+            continue
+        m = [json.loads(line) for line in path.read_text().splitlines()][:steps]
+        key = "reward_mean" if r["estimator"] == "grpo" else "w_bar_mean"
+        rows.append({"start": r["start"], "method": r["method"], "seed": r["seed"], key: [x[key] for x in m],
+                     "rms": [x["grad_norm"] / n_params**0.5 for x in m]})
+    order = [m[0] for m in METHODS]
+    return sorted(rows, key=lambda r: (STARTS.index(r["start"]), order.index(r["method"]), r["seed"]))
+
+
+def gradient_table(rows: list[dict]) -> str:
+    """The markdown table of gradient_scale's rows."""
+    lines = [f"| start | method | seed | w_bar (GRPO: reward) at steps 1, 2, 3 | gradient RMS per coordinate at steps 1, 2, 3 "
+             f"(Adam's eps: {ADAM_EPS:g}) |", "|---|---|---|---|---|"]
+    for r in rows:
+        first = r.get("w_bar_mean", r.get("reward_mean"))
+        lines.append(f"| {r['start']} | {r['method']} | {r['seed']} | " + ", ".join(f"{v:.2g}" for v in first) + " | "
+                     + ", ".join(f"{v:.1e}" for v in r["rms"]) + " |")
+    return "\n".join(lines)
+
+
 def table(summary: list[dict], eval_n: int) -> str:
     """The markdown table of docs/heldout.md, from the summary (no number written by hand)."""
     lines = [f"| start | method | seeds | base p@1 | p@1 by step, per seed | p@1 at the last step: mean [min, max] "
@@ -418,6 +460,10 @@ def main(argv=None):
             result.setdefault("timing", None)
         for other in args.merge:
             result = merge(result, json.loads((Path(other) / "heldout.json").read_text()), other)
+        from scale import memory  # the parameter count from the model's config alone (no weights loaded)
+        n_params = memory.parameter_count(memory.shape_of(memory.config_for(result["settings"]["model"])))["total"]
+        result["gradients"] = gradient_scale(result["runs"], [out] + [Path(d) for d in args.merge], n_params)
+        print(gradient_table(result["gradients"]))
         methods, starts = [m[0] for m in result["settings"]["methods"]], result["settings"]["starts"]
         result["summary"] = summarize(result["runs"], methods, starts)
         result["orderings"] = orderings(result["runs"], methods, starts)
@@ -463,6 +509,9 @@ def main(argv=None):
                          "job_cpu_seconds": sum(r["cpu_seconds"] for r in runs),
                          "alone_estimate_seconds": cpu / min(args.workers, 2)}}
     result["table"] = table(result["summary"], args.eval_n)
+    from scale import memory
+    result["gradients"] = gradient_scale(runs, [out], memory.parameter_count(memory.shape_of(memory.config_for(args.model)))["total"])
+    print(gradient_table(result["gradients"]))
     report(result, out, not args.no_figure_copy and not args.quick)
     tm = result["timing"]
     print(f"total {tm['wall_seconds']:.0f}s wall, {tm['cpu_seconds']:.0f}s CPU (parent + workers); alone on 2 cores "
