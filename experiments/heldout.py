@@ -440,12 +440,16 @@ def merge(result: dict, other: dict, name: str) -> dict:
         raise SystemExit(f"--merge {name}: different settings, not comparable: "
                          + ", ".join(f"{k} {result['settings'][k]} vs {other['settings'][k]}" for k in diff))
     key = lambda r: (r["kind"], r["start"], r["method"], r["seed"])  # noqa: E731
-    have = {key(r) for r in result["runs"]}
-    clash = [key(r) for r in other["runs"] if key(r) in have]
+    have = {key(r): r for r in result["runs"]}
+    # The same run done twice (same method, start and seed) must give the same numbers: the runs are
+    # deterministic. Such a repeat is kept once (and counted); one that differs is an error.
+    clash = [key(r) for r in other["runs"] if key(r) in have and have[key(r)]["trace"] != r["trace"]]
     if clash:
-        raise SystemExit(f"--merge {name}: runs already in the experiment: {clash}")
-    merged = dict(result, runs=result["runs"] + other["runs"], partial=result["partial"] or other["partial"])
-    merged["merged_from"] = result.get("merged_from", []) + [{"dir": name, "jobs": len(other["runs"]),
+        raise SystemExit(f"--merge {name}: runs already in the experiment, with other numbers: {clash}")
+    repeats = [key(r) for r in other["runs"] if key(r) in have]
+    new = [r for r in other["runs"] if key(r) not in have]
+    merged = dict(result, runs=result["runs"] + new, partial=result["partial"] or other["partial"])
+    merged["merged_from"] = result.get("merged_from", []) + [{"dir": name, "jobs": len(new), "identical_repeats": repeats,
                                                               "timing": other.get("timing"), "partial": other["partial"]}]
     return merged
 

@@ -117,7 +117,10 @@ def test_merge_adds_seeds_and_refuses_other_settings_or_duplicate_runs():
     b = {"settings": dict(settings), "runs": [run(1)], "partial": True, "timing": None}
     merged = heldout.merge(a, b, "b")
     assert [r["seed"] for r in merged["runs"]] == [0, 1] and merged["partial"] and merged["merged_from"][0]["jobs"] == 1
-    with pytest.raises(SystemExit, match="runs already"):
-        heldout.merge(merged, b, "b")
+    again = heldout.merge(merged, b, "b")  # the same run twice, same numbers: kept once
+    assert len(again["runs"]) == 2 and again["merged_from"][-1]["identical_repeats"] == [("run", "cold", "PAFT q=0.75", 1)]
+    other = dict(b, runs=[dict(run(1), trace=[{"step": 6, "p@1": 0.0, "maj@n": 0.0}])])
+    with pytest.raises(SystemExit, match="other numbers"):
+        heldout.merge(merged, other, "b")
     with pytest.raises(SystemExit, match="different settings"):
         heldout.merge(a, dict(b, settings=dict(settings, lr=2)), "c")
