@@ -197,8 +197,6 @@ def check_args(p, args):
         path = getattr(args, name)
         if path not in (None, "hub") and not os.path.isfile(path):
             p.error(f"{flag(name)} {path}: no such file")
-    if args.val_data and args.data == "hub":
-        p.error("--val-data needs --data FILE too (with --data hub the validation set is the hub's val subset)")
     out = Path(args.out)
     if not args.resume and not args.plan and (out / "run_config.json").exists():
         p.error(f"--out {out} already holds a run; pass --resume to continue it, or choose another --out")
@@ -307,9 +305,10 @@ def monitor(groups, q, log_w=None, reward=None, estimator="garl") -> dict:
              "tokens_generated": sum(len(s.z_ids) + len(s.forced_ids) + (len(s.y_ids) if reward is not None else 0)
                                      for s in flat)}
     if log_w is not None:
-        w_bar = log_mean_exp(log_w).exp()  # [B] w_bar = mean_m w_m, the estimate of P = p(y*|x) per question
+        log_w_bar = log_mean_exp(log_w)  # [B] log w_bar, w_bar = mean_m w_m: the estimate of P = p(y*|x)
+        w_bar = log_w_bar.exp()  # [B]
         stats.update(w_bar_mean=w_bar.mean().item(), w_bar_min=w_bar.min().item(), w_bar_max=w_bar.max().item())
-        stats["j_q"] = q_loss_of_log(log_mean_exp(log_w), q).mean().item()  # J_Q, the loss being minimized
+        stats["j_q"] = q_loss_of_log(log_w_bar, q).mean().item()  # J_Q, the loss being minimized
         if estimator == "garl":  # max_m c_m / M^q: a few rare successes getting huge weight (paper Sec. 6.1)
             stats["max_amplified_advantage"] = garl_stats(log_w, q)["max_amplified_advantage"]
     if reward is not None:
