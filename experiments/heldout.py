@@ -130,7 +130,8 @@ def run_job(job: dict) -> dict:
         with torch.random.fork_rng():
             torch.manual_seed(job["seed"])
             metrics, predictions = evaluate(model, tok, test, "musique", job["start"], n, cfg["think_budget"],
-                                            cfg["answer_budget"], prompts_per_call=cfg["eval_batch"], progress=False)
+                                            cfg["answer_budget"], prompts_per_call=cfg["eval_batch"], progress=False,
+                                            decode="fast")  # the decoding path of train.py's validation (cpu preset)
         trace = [{"step": 0, "p@1": metrics["p@1"], "maj@n": metrics[f"maj@{n}"],
                   "forced_frac": metrics["forced_frac"]}]
         rows, extra = [], {"predictions": predictions}
