@@ -392,7 +392,7 @@ def test_ci_runs_the_readmes_test_command():
     commands = re.findall(r"```bash\n(.*?)\n```", readme.split("## Two commands", 1)[1].split("\n## ", 1)[0], re.S)
     train_command, test_command = commands
     assert train_command.endswith("python train.py --q 0.75 --estimator paft")
-    assert test_command.endswith("python -m pytest -q")
+    assert test_command.endswith("python -m pytest -q -n 2")
     assert test_command in (root / ".ci" / "run").read_text().splitlines()
 
 

@@ -703,9 +703,9 @@ def check_fits(plan: Plan, device_bytes: int, headroom: float = HEADROOM) -> Fit
     """Whether the plan's peak fits in headroom x device_bytes; if not, the flag to change and a value that fits.
 
     The flags are tried in the order that changes the method least, each only where it lowers the
-    peak phase: --gen-batch (questions per generate call), --grad-ckpt, --logprobs fast, --micro-batch,
-    --decode (the gradient does not depend on these), --eval-n (validation), then --M and --think-budget
-    (the paper's values).
+    peak phase: --gen-batch and --eval-batch (questions per generate call, of training and of validation),
+    --grad-ckpt, --logprobs fast, --micro-batch, --decode (the gradient does not depend on these), --eval-n
+    (validation), then --M and --think-budget (the paper's values).
 
     >>> import models
     >>> plan = estimate(models.qwen3_0_6b_config(), M=32, gen_questions=4, prompt_tokens=1800,
@@ -726,9 +726,6 @@ def check_fits(plan: Plan, device_bytes: int, headroom: float = HEADROOM) -> Fit
     need = f"{plan.peak_phase} needs {plan.peak / GB:.1f} GB, over {budget / GB:.1f} GB ({headroom:.0%} of the device)"
     phase = plan.peak_phase
 
-    def gen_batch(v):  # train.py's --gen-batch sets the questions per call of training and of validation
-        return {"gen_questions": min(v, st["gen_questions"]), "val_questions": min(v, st["val_questions"])}
-
     def think_cut(cut):  # the thinking budget is in every generate call's new tokens and in the sequences
         changes = {"max_new_tokens": st["max_new_tokens"] - cut}
         if st["seq_tokens"] is not None:
@@ -739,12 +736,18 @@ def check_fits(plan: Plan, device_bytes: int, headroom: float = HEADROOM) -> Fit
 
     # (flag, values from the least to the most change, the settings for a value, what to tell)
     candidates = []
-    # Questions per call set the generate phases; with --decode fast they also size the buffers every phase keeps.
+    # Questions per call set the generate phases: train.py's --gen-batch for training's rollouts, --eval-batch
+    # for validation's. With --decode fast they also size the buffers every phase keeps (the larger of the two
+    # calls' rows), so then the larger one is tried first.
     kept_rows = st["decode"] == "fast"
-    questions = {"generate": st["gen_questions"], "validation generate": st["val_questions"]}.get(
-        phase, max(st["gen_questions"], st["val_questions"]) if kept_rows else 1)
-    if questions > 1:
-        candidates.append(("--gen-batch", range(questions - 1, 0, -1), gen_batch, "lower --gen-batch to {}"))
+    calls = [("--gen-batch", "gen_questions", st["gen_questions"] * st["M"]),
+             ("--eval-batch", "val_questions", st["val_questions"] * st["eval_n"])]
+    if kept_rows:
+        calls.sort(key=lambda c: -c[2])
+    for flag, key, _ in calls:
+        if st[key] > 1 and (kept_rows or phase == {"gen_questions": "generate",
+                                                  "val_questions": "validation generate"}[key]):
+            candidates.append((flag, range(st[key] - 1, 0, -1), lambda v, key=key: {key: v}, f"lower {flag} to {{}}"))
     if phase == "gradient pass" and not st["grad_ckpt"]:
         candidates.append(("--grad-ckpt", [True], lambda v: {"grad_ckpt": v}, "pass --grad-ckpt"))
     if phase in ("gradient pass", "weight pass") and st["logprobs"] == "plain":  # the same numbers, chunked
@@ -773,7 +776,7 @@ def check_fits(plan: Plan, device_bytes: int, headroom: float = HEADROOM) -> Fit
             fit.flag, fit.message = flag, f"{need}: " + say.format(values[lo])
             return fit
     fit.flag = "--optimizer" if st["optimizer"] == "adamw" else None
-    fit.message = (f"{need}; no single setting among --gen-batch, --grad-ckpt, --micro-batch, --logprobs, --decode, "
+    fit.message = (f"{need}; no single setting among --gen-batch, --eval-batch, --grad-ckpt, --micro-batch, --logprobs, --decode, "
                    "--eval-n, --M, --think-budget "
                    "makes it fit" + (" (--optimizer sgd drops AdamW's two moments)" if fit.flag else ""))
     return fit

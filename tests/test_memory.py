@@ -175,7 +175,7 @@ def test_decode_and_logprob_paths_change_the_terms_they_own():
     (dict(M=8, micro_batch=8), 24, "--micro-batch"),
     (dict(), 30, "--M"),  # one question's 32 rows of ~5.9k tokens already hold 21 GB of kept decoding buffers
     (dict(micro_batch=16), 30, "--think-budget"),  # neither a smaller micro-batch nor anything else alone
-    (dict(val_questions=8, eval_n=16, val_max_new_tokens=4097), 80, "--gen-batch"),  # validation: 128 rows
+    (dict(val_questions=8, eval_n=16, val_max_new_tokens=4097), 80, "--eval-batch"),  # validation: 128 rows
     (dict(val_questions=1, eval_n=128, val_max_new_tokens=4097), 80, "--eval-n"),
 ])
 def test_check_fits_names_the_flag_and_a_value_that_fits(changes, device_gb, flag):
@@ -190,8 +190,8 @@ def test_check_fits_names_the_flag_and_a_value_that_fits(changes, device_gb, fla
 
     def flag_set(v):  # the settings train.py's flag changes
         st = plan.settings
-        if flag == "--gen-batch":
-            return dict(gen_questions=min(v, st["gen_questions"]), val_questions=min(v, st["val_questions"]))
+        if flag in ("--gen-batch", "--eval-batch"):  # questions per call of training's / validation's generate
+            return {"--gen-batch": {"gen_questions": v}, "--eval-batch": {"val_questions": v}}[flag]
         if flag == "--think-budget":
             cut = st["max_new_tokens"] - v
             return dict(max_new_tokens=v, val_max_new_tokens=st["val_max_new_tokens"] and st["val_max_new_tokens"] - cut)
@@ -230,9 +230,10 @@ def test_format_plan_prints_every_phase_against_the_device():
 
 
 def test_gpu_check_cpu_smoke(tmp_path):
-    """The GPU check's code path (bench part and train.py part) at tiny sizes on the CPU."""
-    results = gpu_check.main(["--cpu-smoke", "--bandwidth-gbs", "20", "--out", str(tmp_path)])
-    assert [b["budget"] for b in results["bench"]] == [16, 32]
+    """The GPU check's code path (bench part and train.py part) at tiny sizes on the CPU; one thinking budget
+    (the GPU run's two budgets run the same code twice)."""
+    results = gpu_check.main(["--cpu-smoke", "--budgets", "16", "--bandwidth-gbs", "20", "--out", str(tmp_path)])
+    assert [b["budget"] for b in results["bench"]] == [16]
     for b in results["bench"]:
         assert b["kv_dtypes"] and b["generated"] == 4 * (b["budget"] + 8)  # every row forced ("</think>": 8 tokens)
         assert 0 < b["decode_tokens_per_s"] < b["bound_tokens_per_s"]
