@@ -489,9 +489,9 @@ def main(argv=None):
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for start in args.starts:
             for method, estimator, q in methods:
-                jobs.append({"kind": "run", "method": method, "estimator": estimator, "q": q, "start": start,
-                             "seed": seed, "test": test, "cfg": cfg, "train_file": str(paths["train"]),
-                             "out": str(out / "runs" / start / method.replace(" ", "_").replace("=", "") / f"seed{seed}")})
+                job = {"kind": "run", "method": method, "estimator": estimator, "q": q, "start": start, "seed": seed,
+                       "test": test, "cfg": cfg, "train_file": str(paths["train"])}
+                jobs.append({**job, "out": str(run_dir(out, job))})
     print(f"{len(jobs)} jobs ({sum(j['kind'] == 'run' for j in jobs)} training runs of {args.steps} steps x {args.B} questions x "
           f"M = {args.M}; {len(test)} test questions x {args.eval_n} samples) on {args.workers} worker(s)", flush=True)
     settings = {**cfg, "methods": methods, "starts": args.starts, "seeds": args.seeds, "first_seed": args.first_seed,

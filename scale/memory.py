@@ -740,13 +740,10 @@ def check_fits(plan: Plan, device_bytes: int, headroom: float = HEADROOM) -> Fit
     # for validation's. With --decode fast they also size the buffers every phase keeps (the larger of the two
     # calls' rows), so then the larger one is tried first.
     kept_rows = st["decode"] == "fast"
-    calls = [("--gen-batch", "gen_questions", st["gen_questions"] * st["M"]),
-             ("--eval-batch", "val_questions", st["val_questions"] * st["eval_n"])]
-    if kept_rows:
-        calls.sort(key=lambda c: -c[2])
-    for flag, key, _ in calls:
-        if st[key] > 1 and (kept_rows or phase == {"gen_questions": "generate",
-                                                  "val_questions": "validation generate"}[key]):
+    calls = [("--gen-batch", "gen_questions", "generate", st["gen_questions"] * st["M"]),
+             ("--eval-batch", "val_questions", "validation generate", st["val_questions"] * st["eval_n"])]
+    for flag, key, own_phase, _ in sorted(calls, key=lambda c: -c[3]) if kept_rows else calls:
+        if st[key] > 1 and (kept_rows or phase == own_phase):
             candidates.append((flag, range(st[key] - 1, 0, -1), lambda v, key=key: {key: v}, f"lower {flag} to {{}}"))
     if phase == "gradient pass" and not st["grad_ckpt"]:
         candidates.append(("--grad-ckpt", [True], lambda v: {"grad_ckpt": v}, "pass --grad-ckpt"))
