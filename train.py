@@ -62,7 +62,7 @@ PRESETS = {
                 precision="fp32", grad_ckpt=False, decode="fast", logprobs="fast"),
 }
 # Changing these on --resume is fine; anything else must match the run being resumed.
-RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "resume", "plan", "decode", "logprobs"}
+RESUMABLE_CHANGES = {"steps", "eval_first", "eval_every", "save_every", "resume", "plan", "decode", "logprobs"}
 
 
 def parse_args(argv=None):
@@ -133,6 +133,9 @@ def parse_args(argv=None):
     a("--logprobs", choices=["plain", "fast"], preset=True, help="log-probs through the whole [N, T, V] logits "
       "(logprobs.py, the reference) or fast/logprobs.py (chunked output layer, each prompt run once: the same numbers)")
     # validation, checkpoints, bookkeeping
+    a("--eval-first", action=argparse.BooleanOptionalAction, default=True,
+      help="validate the untrained model before step 1, so that every run's curve starts at its own base model "
+      "(logged as step -1: no update yet)")
     a("--eval-every", type=int, preset=True, help="validate every N steps, and after the last (0: after the last only)")
     a("--eval-n", type=int, preset=True, help="samples per validation question (the paper: 16)")
     a("--eval-batch", type=int, preset=True, help="validation questions per generate call, x --eval-n rows")
@@ -340,6 +343,14 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
     B, M = args.B, args.M
     fast_buffers = decode_buffers(args, tokenizer, tokens, train_examples + val_examples)
     first = last = None  # the first and the last step's statistics, for the summary at the end
+    base = base_validation(out)  # the untrained model's validation, if this run already has it (--resume)
+    if args.eval_first and start_step == 0:  # the base model, on the questions every later validation uses
+        base = {"step": -1}  # "step" counts from 0; step + 1 is the number of updates done, here none
+        timer = phase_timer(base, args.device)
+        with timer("eval"):
+            base.update(validate(args, model, tokenizer, val_examples, -1, fast_buffers))
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(base) + "\n")
 
     bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc="train", file=sys.stdout)
     for step in bar:
@@ -416,25 +427,37 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
             save_checkpoint(out, f"step-{step + 1:06d}", model, tokenizer,
                             trainer_state(optimizer, batches, step + 1, best, vars(args)), "latest")
     bar.close()
-    summarize(args, first, last, best)
+    summarize(args, first, last, best, base)
     return out
 
 
 def validate(args, model, tokenizer, val, step, fast_buffers=None):
     """Validation p@1 / p@n / maj@n with Qwen3's evaluation sampling (eval.py), under its own fixed seed so
-    that it never shifts training's random numbers."""
+    that it never shifts training's random numbers. Every sampled answer is written to
+    DIR/predictions/step-NNNNNN.jsonl (NNNNNN: updates done; eval.py's rows: id, gold, answers, scores)."""
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if args.device == "cuda" else []):
         torch.manual_seed(args.seed + 7919 * (step + 1))
         with autocast(args.device, args.precision):
-            metrics, _ = evaluate(model, tokenizer, val, args.task, args.start, args.eval_n, args.think_budget,
-                                  args.answer_budget, EVAL_TEMPERATURE, EVAL_TOP_P, EVAL_TOP_K,
-                                  prompts_per_call=args.eval_batch, progress=True, decode=args.decode,
-                                  fast_buffers=fast_buffers)
+            metrics, predictions = evaluate(model, tokenizer, val, args.task, args.start, args.eval_n,
+                                            args.think_budget, args.answer_budget, EVAL_TEMPERATURE, EVAL_TOP_P,
+                                            EVAL_TOP_K, prompts_per_call=args.eval_batch, progress=True,
+                                            decode=args.decode, fast_buffers=fast_buffers)
+    folder = Path(args.out) / "predictions"
+    folder.mkdir(exist_ok=True)
+    with open(folder / f"step-{step + 1:06d}.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in predictions)
     return {f"val/{k}": v for k, v in metrics.items()}
 
 
-def summarize(args, first, last, best):
-    """The run in two lines: did the quantity the estimator optimizes move?"""
+def base_validation(out: Path) -> dict | None:
+    """The untrained model's validation row (step -1) of a run's metrics.jsonl, or None."""
+    metrics = out / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    return next((r for r in rows if r["step"] == -1), None)
+
+
+def summarize(args, first, last, best, base=None):
+    """The run in three lines: did the quantity the estimator optimizes move, and did held-out accuracy?"""
     if first is not None and first is not last:
         key = "reward_mean" if args.estimator == "grpo" else "w_bar_mean"
         name = "reward (exact match)" if args.estimator == "grpo" else "w_bar (the estimate of P = p(y*|x))"
@@ -442,6 +465,10 @@ def summarize(args, first, last, best):
         if "j_q" in first:
             line += f", J_Q {first['j_q']:.3g} -> {last['j_q']:.3g}"
         print(line)
+    if base is not None and last is not None and "val/p@1" in last:  # validation questions are never trained on
+        print(f"held-out p@1 {base['val/p@1']:.1f}% -> {last['val/p@1']:.1f}%, maj@{args.eval_n} "
+              f"{base[f'val/maj@{args.eval_n}']:.1f}% -> {last[f'val/maj@{args.eval_n}']:.1f}% "
+              f"({int(last['val/questions'])} validation questions, before training -> after step {last['step'] + 1})")
     saved = f", checkpoints {args.out}/latest and {args.out}/best" if args.checkpoints else " (no checkpoints)"
     print(f"done: {args.out}/metrics.jsonl{saved} (val maj@{args.eval_n} {best:.1f})")
 

@@ -50,7 +50,7 @@ class StepTimer(TrainerCallback):
 
 
 def run_ours(flags, out):
-    args = train.parse_args(flags + ["--out", str(out), "--save-every", "1000", "--eval-n", "1"])
+    args = train.parse_args(flags + ["--out", str(out), "--save-every", "1000", "--eval-n", "1", "--no-eval-first"])
     train_examples, val_examples = train.load_data(args)
     torch.manual_seed(args.seed)
     model, tok = load_model(args.model)

@@ -223,7 +223,7 @@ def train_one(cfg, method, optimizer: str, seed: int, base_state, tokenizer, tas
              "--M", str(cfg["M"]), "--B", str(cfg["B"]), "--micro-batch", str(cfg["B"] * cfg["M"]),
              "--think-budget", str(cfg["think_budget"]), "--answer-budget", str(cfg["answer_budget"]),
              "--steps", str(cfg["steps"]), "--eval-every", "0", "--eval-n", str(cfg["eval_n"]),
-             "--save-every", str(10**9), "--seed", str(seed), "--out", str(run_dir)]
+             "--save-every", str(10**9), "--seed", str(seed), "--out", str(run_dir), "--no-eval-first"]
     args = train.parse_args(flags + (["--no-pathwise"] if no_pathwise else []))
     args.task = TASK
     model = models.build_tiny_model(tokenizer, hidden=cfg["hidden"], layers=cfg["layers"])

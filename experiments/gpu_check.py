@@ -205,7 +205,7 @@ def train_part(args, ckpt: Path, config, tok, results):
             "--M", str(args.M), "--micro-batch", str(micro), "--gen-batch", "1", "--B", "1",
             "--think-budget", str(budget), "--answer-budget", str(answer), "--precision", "bf16", "--grad-ckpt",
             "--optimizer", "adamw", "--eval-every", "0", "--val-size", "1", "--eval-n", str(eval_n),
-            "--context-chars", "0", "--save-every", "2", "--out", str(run)]
+            "--context-chars", "0", "--save-every", "2", "--no-eval-first", "--out", str(run)]
     print(f"\n[2] python train.py {' '.join(argv)}", flush=True)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()

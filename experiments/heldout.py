@@ -9,8 +9,9 @@ four people per question, each born in a different town, so that the answer is i
 pretraining cannot know it. The model: SmolLM2-135M-Instruct (--model smollm2). Every run trains on
 FRESH generated questions (one step's questions are never seen again, the test rows never) and is
 measured on a fixed test set (samples/synth_musique_test.jsonl, the generator's test split) that it
-never trains on: held-out p@1 and maj@n (eval.py's number-safe match), before training (the base model)
-and every --eval-every steps.
+never trains on: held-out p@1 and maj@n (eval.py's number-safe match), before training (each run's own
+validation at step 0: train.py --eval-first) and every --eval-every steps. Every sampled answer is kept
+(train.py writes DIR/predictions/), so that wrong answers can be sorted by kind (answer_kind).
 
 Methods (all through train.train, the trainer every other run uses; every setting the same except the
 estimator and q): GRPO (the RLVR baseline: reward = exact match of the model's own answer), GARL q = 0
@@ -19,9 +20,14 @@ no instruction, so P = p(y*|x) is tiny) and warm (task description and answer fo
 the training questions' order and the sampling; the base model is the same.
 
     job           what it does                                                              result
-    base(start)   eval.evaluate on the test set, the untrained model                        p@1, maj@n at step 0
-    run(m, s, k)  train.train(method m, start s, seed k), validating on the test set        p@1, maj@n every
-                  every --eval-every steps (train.py's own validation, logged to metrics)   --eval-every steps
+    run(m, s, k)  train.train(method m, start s, seed k), validating on the test set        p@1, maj@n at step 0
+                  before the first step and every --eval-every steps (train.py's own        and every --eval-every
+                  validation, logged to metrics)                                            steps; wrong answers
+
+Per run (defined before the reported runs, docs/heldout.md): the best held-out p@1 and its step, the last
+p@1, the ESCAPE step (the first whose training batch has w_bar >= ESCAPE_W; GRPO: reward > 0) and a
+COLLAPSE (a later step whose batch has w_bar < COLLAPSE_W, after it had passed ESCAPE_W; not defined for
+GRPO, whose reward is 0 or a multiple of 1/(B M)).
 
 Jobs run in --workers processes, 1 torch thread each (as experiments/tradeoff.py); each process loads
 the model once and restores its base weights before every job. CPU time is measured per job
@@ -33,6 +39,7 @@ import contextlib
 import io
 import json
 import multiprocessing
+import re
 import resource
 import shutil
 import statistics
@@ -49,8 +56,9 @@ import torch
 
 import data
 import models
+import prompts
+import rewards
 import train
-from eval import evaluate
 from experiments import synth_musique
 
 TEST_FILE = REPO / "samples" / "synth_musique_test.jsonl"
@@ -61,13 +69,16 @@ STARTS = ("cold", "warm")
 # The generator's settings for the shipped test file and the training questions (docs/heldout.md: the pilots
 # that chose them). Changing them changes the test file: tests/test_heldout.py checks it is reproducible.
 # --quick: the defaults it changes (a look at the pipeline in a few minutes, not the reported numbers).
-QUICK = {"seeds": 1, "steps": 2, "eval_every": 1, "test_questions": 4, "methods": "GRPO,PAFT q=0.75"}
+QUICK = {"seeds": 1, "steps": 2, "B": 2, "eval_every": 1, "test_questions": 4, "methods": "GRPO,PAFT q=0.75"}
 # A run "rises" when its last held-out p@1 is at least RISE points above the base model's: with 12 questions x 4
 # samples one seed's p@1 moves by several points between two evaluations of the same model (GRPO's unchanged
 # model, docs/heldout.md), so smaller gains are not read as learning. An ordering of two methods is stated only
 # when it holds in every one of at least MIN_SEEDS shared seeds.
 RISE, MIN_SEEDS = 10.0, 3
 GENERATOR = {"seed": 0, "two_hop": 0.0, "people": 4, "val": 64, "test": 64}
+# Escape and collapse, on the training batch's w_bar (fresh questions every step): escaped once w_bar passes
+# ESCAPE_W; collapsed when, after that, a step's w_bar falls below COLLAPSE_W (a hundred times lower).
+ESCAPE_W, COLLAPSE_W = 1e-2, 1e-4
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -116,42 +127,100 @@ def flags(job: dict) -> list[str]:
 
 
 def run_job(job: dict) -> dict:
-    """A base evaluation (job["kind"] == "base") or a training run; returns its trace and its cost.
+    """One training run; returns its trace, its training curve, its wrong answers and its cost.
 
-    trace: [{"step", "p@1", "maj@n", "forced_frac"}] on the test set. A run's trace starts at its first
-    validation (step eval_every); the base point (step 0) is shared by every run of a start.
+    trace: [{"step", "p@1", "maj@n", "forced_frac"}] on the test set, from step 0 (the untrained model,
+    train.py's --eval-first validation under this run's seed) to the last step.
+    answers: {step: {kind: count}} over every sampled test answer at step 0 and at the last step (answer_kind).
     """
     model, tok, cfg = WORKER["model"], WORKER["tokenizer"], job["cfg"]
     model.load_state_dict(WORKER["base"])  # every job starts from the untrained model
     test = job["test"]
     wall, cpu = time.perf_counter(), time.process_time()
     n = cfg["eval_n"]
-    if job["kind"] == "base":
-        with torch.random.fork_rng():
-            torch.manual_seed(job["seed"])
-            metrics, predictions = evaluate(model, tok, test, "musique", job["start"], n, cfg["think_budget"],
-                                            cfg["answer_budget"], prompts_per_call=cfg["eval_batch"], progress=False,
-                                            decode="fast")  # the decoding path of train.py's validation (cpu preset)
-        trace = [{"step": 0, "p@1": metrics["p@1"], "maj@n": metrics[f"maj@{n}"],
-                  "forced_frac": metrics["forced_frac"]}]
-        rows, extra = [], {"predictions": predictions}
-    else:
-        out = Path(job["out"])
-        shutil.rmtree(out, ignore_errors=True)  # train.py refuses to overwrite a run
-        train_examples = data.load_examples("musique", path=job["train_file"])
-        args = train.parse_args(flags(job))
-        with contextlib.redirect_stdout(io.StringIO()):  # the trainer's progress bars are noise here
-            train.train(args, model, tok, train_examples, test)
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        trace = [{"step": r["step"] + 1, "p@1": r["val/p@1"], "maj@n": r[f"val/maj@{n}"],
-                  "forced_frac": r["val/forced_frac"]} for r in rows if "val/p@1" in r]
-        key = "reward_mean" if job["estimator"] == "grpo" else "w_bar_mean"
-        extra = {"train_curve": {key: [r[key] for r in rows]},
-                 "think_tokens": [r["think_tokens_mean"] for r in rows],
-                 "seqs_in_grad_pass": [r["seqs_in_grad_pass"] for r in rows]}
-    return {"kind": job["kind"], "method": job["method"], "estimator": job["estimator"], "q": job["q"],
-            "start": job["start"], "seed": job["seed"], "trace": trace, **extra,
+    out = Path(job["out"])
+    shutil.rmtree(out, ignore_errors=True)  # train.py refuses to overwrite a run
+    train_examples = data.load_examples("musique", path=job["train_file"])
+    args = train.parse_args(flags(job))
+    with contextlib.redirect_stdout(io.StringIO()):  # the trainer's progress bars are noise here
+        train.train(args, model, tok, train_examples, test)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    trace = [{"step": r["step"] + 1, "p@1": r["val/p@1"], "maj@n": r[f"val/maj@{n}"],
+              "forced_frac": r["val/forced_frac"]} for r in rows if "val/p@1" in r]
+    steps = [r for r in rows if r["step"] >= 0]  # the training steps (step -1: the base validation)
+    key = "reward_mean" if job["estimator"] == "grpo" else "w_bar_mean"
+    by_id = {ex["id"]: ex for ex in test}
+    answers = {}
+    for point in (trace[0], trace[-1]):
+        predictions = [json.loads(line) for line in
+                       (out / "predictions" / f"step-{point['step']:06d}.jsonl").read_text().splitlines()]
+        answers[str(point["step"])] = answer_kinds(predictions, by_id, job["start"])  # str: a JSON key
+    return {"kind": "run", "method": job["method"], "estimator": job["estimator"], "q": job["q"],
+            "start": job["start"], "seed": job["seed"], "trace": trace, "answers": answers,
+            "train_curve": {key: [r[key] for r in steps]}, "think_tokens": [r["think_tokens_mean"] for r in steps],
+            "seqs_in_grad_pass": [r["seqs_in_grad_pass"] for r in steps],
             "wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu}
+
+
+# ------------------------------------------------------------------------------------------------ wrong answers
+ANSWER_KINDS = ("correct", "distractor town", "echo", "a person", "other context words", "made up", "empty")
+
+
+def answer_kind(answer: str, example: dict, start: str = "warm") -> str:
+    """What a sampled answer to a fictional one-hop question is, checked in ANSWER_KINDS' order:
+    empty, correct (eval.py's match), another town of the same context (a distractor), an echo of the
+    prompt (3 words in a row from the instruction or the question), a person of the context, other words
+    of the context (e.g. "a teacher"), made up (nothing of the above).
+
+    >>> ex = {"answer": "Dozadale", "aliases": [], "question": "Where was Tanno born?",
+    ...       "context": "Tanno: Tanno was born in Dozadale. Tanno works as a teacher.\\n\\nRado: Rado was born in Batorvik."}
+    >>> [answer_kind(a, ex) for a in ["Dozadale.", "Batorvik", "Tanno", "Where was Tanno born", "teacher", "Kelsa", " "]]
+    ['correct', 'distractor town', 'a person', 'echo', 'other context words', 'made up', 'empty']
+    """
+    words = re.findall(r"\w+", answer.lower())
+    if not words:
+        return "empty"
+    if rewards.substring_match(answer, [example["answer"]] + example["aliases"]):
+        return "correct"
+    context = example["context"]
+    towns = set(re.findall(r"born in (\w+)", context)) - {example["answer"]}
+    if rewards.substring_match(answer, sorted(towns)):
+        return "distractor town"
+    prompt = re.findall(r"\w+", prompts.user_message(example, "musique", start).replace(context, " ").lower())
+    if {tuple(words[i:i + 3]) for i in range(len(words) - 2)} & {tuple(prompt[i:i + 3]) for i in range(len(prompt) - 2)}:
+        return "echo"
+    people = set(re.findall(r"(\w+) was born in", context))
+    if rewards.substring_match(answer, sorted(people)):
+        return "a person"
+    if set(words) & set(re.findall(r"\w+", context.lower())):
+        return "other context words"
+    return "made up"
+
+
+def answer_kinds(predictions: list[dict], by_id: dict, start: str) -> dict:
+    """{kind: count} over every sampled answer of one validation's predictions (eval.py's rows)."""
+    counts = dict.fromkeys(ANSWER_KINDS, 0)
+    for row in predictions:
+        for answer in row["answers"]:
+            counts[answer_kind(answer, by_id[row["id"]], start)] += 1
+    return counts
+
+
+def escape_and_collapse(curve: list[float], grpo: bool) -> tuple[int | None, int | None]:
+    """(escape step, collapse step), steps counted from 1, from a run's training-batch curve (w_bar; GRPO: reward).
+
+    >>> escape_and_collapse([1e-8, 3e-3, 0.05, 0.2, 5e-5, 0.1], grpo=False)
+    (3, 5)
+    >>> escape_and_collapse([0.0, 0.0, 0.0625, 0.0], grpo=True)
+    (3, None)
+    """
+    if grpo:
+        return next((i + 1 for i, r in enumerate(curve) if r > 0), None), None
+    escape = next((i for i, w in enumerate(curve) if w >= ESCAPE_W), None)
+    if escape is None:
+        return None, None
+    collapse = next((i + 1 for i, w in enumerate(curve[escape:], escape) if w < COLLAPSE_W), None)
+    return escape + 1, collapse
 
 
 def make_pool(workers: int, model_name: str):
@@ -189,35 +258,36 @@ def run_jobs(pool, jobs: list[dict], t0: float, save=None) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ summaries
 def summarize(runs: list[dict], methods: list[str], starts: list[str]) -> list[dict]:
-    """Per (start, method): the base point, every seed's last p@1 / maj@n, their mean and range, and how many
-    seeds end at least RISE points above the base model.
+    """Per (start, method): every seed's base (step 0), best (and its step) and last p@1 / maj@n, their mean
+    and range, how many seeds end at least RISE points above their own base, and escapes and collapses.
 
-    >>> runs = [{"kind": "base", "start": "cold", "trace": [{"step": 0, "p@1": 1.0, "maj@n": 0.0}]}] + [
-    ...     {"kind": "run", "start": "cold", "method": "X", "seed": s, "trace": [{"step": 5, "p@1": v, "maj@n": v}]}
-    ...     for s, v in enumerate([14.0, 0.5, 16.0])]
+    >>> runs = [{"kind": "run", "start": "cold", "method": "X", "seed": s, "estimator": "garl",
+    ...          "trace": [{"step": 0, "p@1": 1.0, "maj@n": 0.0}, {"step": 5, "p@1": v, "maj@n": v},
+    ...                    {"step": 10, "p@1": v / 2, "maj@n": v}], "train_curve": {"w_bar_mean": [1e-3, 0.1]}}
+    ...         for s, v in enumerate([28.0, 1.0, 32.0])]
     >>> row = summarize(runs, ["X"], ["cold"])[0]
-    >>> row["p@1"], row["p@1_mean"], row["p@1_range"], row["above_base"]
-    ([14.0, 0.5, 16.0], 10.166666666666666, [0.5, 16.0], 2)
+    >>> row["p@1"], row["p@1_best"], row["p@1_best_step"], row["above_base"], row["escape_step"]
+    ([14.0, 0.5, 16.0], [28.0, 1.0, 32.0], [5, 0, 5], 2, [2, 2, 2])
     """
     rows = []
     for start in starts:
-        base = next((r for r in runs if r["kind"] == "base" and r["start"] == start), None)
-        if base is None:  # a partial experiment that stopped before this start's base evaluation
-            continue
-        base = base["trace"][0]
         for method in methods:
             mine = sorted((r for r in runs if r["kind"] == "run" and r["start"] == start and r["method"] == method),
                           key=lambda r: r["seed"])
             if not mine:
                 continue
-            row = {"start": start, "method": method, "seeds": [r["seed"] for r in mine], "step": mine[0]["trace"][-1]["step"],
-                   "base_p@1": base["p@1"], "base_maj@n": base["maj@n"]}
+            row = {"start": start, "method": method, "seeds": [r["seed"] for r in mine],
+                   "step": mine[0]["trace"][-1]["step"]}
             for key in ("p@1", "maj@n"):
                 last = [r["trace"][-1][key] for r in mine]
                 row[key], row[f"{key}_mean"], row[f"{key}_range"] = last, statistics.mean(last), [min(last), max(last)]
-                row[f"{key}_best"] = [max(p[key] for p in r["trace"]) for r in mine]
+                row[f"base_{key}"] = [r["trace"][0][key] for r in mine]
+                best = [max(r["trace"], key=lambda p: p[key]) for r in mine]  # the first step at the maximum
+                row[f"{key}_best"], row[f"{key}_best_step"] = [p[key] for p in best], [p["step"] for p in best]
                 row[f"{key}_by_step"] = [[[p["step"], p[key]] for p in r["trace"]] for r in mine]
-            row["above_base"] = sum(v >= base["p@1"] + RISE for v in row["p@1"])
+            row["above_base"] = sum(v >= b + RISE for v, b in zip(row["p@1"], row["base_p@1"]))
+            marks = [escape_and_collapse(next(iter(r["train_curve"].values())), r["estimator"] == "grpo") for r in mine]
+            row["escape_step"], row["collapse_step"] = [m[0] for m in marks], [m[1] for m in marks]
             rows.append(row)
     return rows
 
@@ -272,7 +342,7 @@ def gradient_scale(runs: list[dict], dirs: list[Path], n_params: int, steps: int
         path = next((run_dir(d, r) / "metrics.jsonl" for d in dirs if (run_dir(d, r) / "metrics.jsonl").exists()), None)
         if path is None:
             continue
-        m = [json.loads(line) for line in path.read_text().splitlines()][:steps]
+        m = [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] >= 0][:steps]  # -1: no update
         key = "reward_mean" if r["estimator"] == "grpo" else "w_bar_mean"
         rows.append({"start": r["start"], "method": r["method"], "seed": r["seed"], key: [x[key] for x in m],
                      "rms": [x["grad_norm"] / n_params**0.5 for x in m]})
@@ -293,26 +363,47 @@ def gradient_table(rows: list[dict]) -> str:
 
 def table(summary: list[dict], eval_n: int) -> str:
     """The markdown table of docs/heldout.md, from the summary (no number written by hand)."""
-    lines = [f"| start | method | seeds | base p@1 | p@1 by step, per seed | p@1 at the last step: mean [min, max] "
-             f"| maj@{eval_n} by step, per seed (base) | seeds >= {RISE:g} points above base at the end |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| start | method | seeds | p@1 at step 0 (base), per seed | best p@1 (step), per seed "
+             f"| last p@1, per seed | last p@1: mean [min, max] | last maj@{eval_n}, per seed "
+             f"| seeds >= {RISE:g} points above their base at the end | escape step (w_bar >= {ESCAPE_W:g}; "
+             f"GRPO: reward > 0) | collapse step (w_bar < {COLLAPSE_W:g} after) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
-    def by_step(runs):  # "3: 14.6, 6: 22.9; 3: ..., 6: ..." one group per seed
-        return "; ".join(", ".join(f"{s}: {v:.1f}" for s, v in pts) for pts in runs)
+    def each(values, fmt="{:.1f}"):
+        return ", ".join("-" if v is None else fmt.format(v) for v in values)
 
     for r in summary:
-        lines.append(f"| {r['start']} | {r['method']} | {', '.join(map(str, r['seeds']))} | {r['base_p@1']:.1f} | "
-                     + by_step(r["p@1_by_step"])
-                     + f" | {r['p@1_mean']:.1f} [{r['p@1_range'][0]:.1f}, {r['p@1_range'][1]:.1f}] | "
-                     + by_step(r["maj@n_by_step"]) + f" ({r['base_maj@n']:.1f}) | "
-                     + f"{r['above_base']}/{len(r['seeds'])} |")
+        best = ", ".join(f"{v:.1f} ({s})" for v, s in zip(r["p@1_best"], r["p@1_best_step"]))
+        lines.append(f"| {r['start']} | {r['method']} | {', '.join(map(str, r['seeds']))} | {each(r['base_p@1'])} "
+                     f"| {best} | {each(r['p@1'])} | {r['p@1_mean']:.1f} [{r['p@1_range'][0]:.1f}, "
+                     f"{r['p@1_range'][1]:.1f}] | {each(r['maj@n'])} | {r['above_base']}/{len(r['seeds'])} "
+                     f"| {each(r['escape_step'], '{}')} | {each(r['collapse_step'], '{}')} |")
+    return "\n".join(lines)
+
+
+def kinds_table(runs: list[dict], methods: list[str], starts: list[str], seed: int = 0) -> str:
+    """Wrong answers by kind (answer_kind), shares of every sampled test answer, before and after training,
+    for one seed of every method."""
+    lines = ["| start | method | seed | when | " + " | ".join(ANSWER_KINDS) + " |",
+             "|---|---|---|---|" + "---|" * len(ANSWER_KINDS)]
+    for start in starts:
+        for method in methods:
+            run = next((r for r in runs if r["kind"] == "run" and r["start"] == start and r["method"] == method
+                        and r["seed"] == seed and "answers" in r), None)
+            if run is None:
+                continue
+            for step, counts in run["answers"].items():
+                total = sum(counts.values())
+                when = "before" if int(step) == 0 else f"step {step}"
+                lines.append(f"| {start} | {method} | {seed} | {when} | "
+                             + " | ".join(f"{100 * counts[k] / total:.0f}%" for k in ANSWER_KINDS) + " |")
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------ figure
 def plot(result: dict, path: Path) -> bool:
-    """Held-out p@1 (top) and maj@n (bottom) against the step, cold (left) and warm (right): one colour per
-    method, one thin line per seed (every seed visible), the mean over seeds thick. False without matplotlib."""
+    """Held-out p@1 against the step: one panel per method (columns) and start (rows), one thin line per seed
+    (every seed visible), their mean thick, step 0 each run's untrained model. False without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -322,35 +413,28 @@ def plot(result: dict, path: Path) -> bool:
         return False
     runs, methods = result["runs"], [m[0] for m in result["settings"]["methods"]]
     starts = result["settings"]["starts"]
-    n = result["settings"]["eval_n"]
-    fig, axes = plt.subplots(2, len(starts), figsize=(6 * len(starts), 8), squeeze=False, sharex=True, sharey="row")
-    for col, start in enumerate(starts):
-        base = next((r for r in runs if r["kind"] == "base" and r["start"] == start), None)
-        if base is None:
-            continue
-        base = base["trace"][0]
-        for row, key in enumerate(("p@1", "maj@n")):
-            ax = axes[row][col]
-            for k, method in enumerate(methods):
-                mine = [r for r in runs if r["kind"] == "run" and r["start"] == start and r["method"] == method]
-                color = plt.cm.tab10(k)
-                dx = 0.06 * (k - (len(methods) - 1) / 2)  # methods side by side, so that equal values stay visible
-                for r in mine:
-                    pts = [base] + r["trace"]
-                    ax.plot([p["step"] + dx for p in pts], [p[key] for p in pts], color=color, lw=1.0, alpha=0.6,
-                            marker="o", ms=3, label=None if r is not mine[0] else f"{method} ({len(mine)} seeds)")
-                if len(mine) > 1:
-                    steps = [p["step"] for p in mine[0]["trace"]]
-                    mean = [statistics.mean(r["trace"][i][key] for r in mine) for i in range(len(steps))]
-                    ax.plot([0] + steps, [base[key]] + mean, color=color, lw=2.5, alpha=0.9)
-            ax.set(title=f"{start} start", xlabel="training step", ylim=(-2, max(ax.get_ylim()[1], 20)),
-                   ylabel=f"held-out {key.replace('@n', f'@{n}')} (%), {result['settings']['test_questions']} questions")
+    fig, axes = plt.subplots(len(starts), len(methods), figsize=(3.2 * len(methods), 3.0 * len(starts) + 0.6),
+                             squeeze=False, sharex=True, sharey=True)
+    for row, start in enumerate(starts):
+        for col, method in enumerate(methods):
+            ax, color = axes[row][col], plt.cm.tab10(col)
+            mine = [r for r in runs if r["kind"] == "run" and r["start"] == start and r["method"] == method]
+            for r in mine:
+                ax.plot([p["step"] for p in r["trace"]], [p["p@1"] for p in r["trace"]], color=color, lw=1.0,
+                        alpha=0.55, marker="o", ms=2.5)
+            if len(mine) > 1 and len({len(r["trace"]) for r in mine}) == 1:
+                steps = [p["step"] for p in mine[0]["trace"]]
+                mean = [statistics.mean(r["trace"][i]["p@1"] for r in mine) for i in range(len(steps))]
+                ax.plot(steps, mean, color=color, lw=2.5)
+            ax.set_title(f"{method}, {start} ({len(mine)} seeds)", fontsize=9)
             ax.grid(alpha=0.3)
-            if row == 0:
-                ax.legend(fontsize=7)
-    fig.suptitle(f"SmolLM2-135M on fictional one-hop questions: held-out accuracy (thin: one seed; thick: the mean "
-                 "over seeds, where there are several; step 0: the base model)",
-                 fontsize=10)
+            if row == len(starts) - 1:
+                ax.set_xlabel("training step")
+            if col == 0:
+                ax.set_ylabel(f"held-out p@1 (%), {result['settings']['test_questions']} questions")
+    axes[0][0].set_ylim(bottom=-2)
+    fig.suptitle("SmolLM2-135M on fictional one-hop questions it never trains on: held-out p@1 "
+                 "(thin: one seed; thick: the mean over seeds; step 0: the untrained model)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -365,24 +449,22 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, default=3, help="training seeds per method and start")
     p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ... (to add seeds "
                    "to an experiment in another process, then --replot --merge)")
-    p.add_argument("--base", action=argparse.BooleanOptionalAction, default=True,
-                   help="evaluate the untrained model (--no-base: when the runs will be merged into an experiment that has it)")
-    p.add_argument("--steps", type=int, default=6, help="optimizer steps per run")
-    p.add_argument("--B", type=int, default=2, help="fresh questions per step")
+    p.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
+    p.add_argument("--B", type=int, default=4, help="fresh questions per step")
     p.add_argument("--M", type=int, default=4, help="rationales (GRPO: rollouts) per question")
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (the CPU preset's)")
     p.add_argument("--think-budget", type=int, default=16, help="thinking tokens before '</think>' is forced")
     p.add_argument("--answer-budget", type=int, default=10, help="answer tokens (GRPO's rollouts and evaluation)")
-    p.add_argument("--eval-every", type=int, default=3, help="held-out evaluation every N steps (and after the last)")
+    p.add_argument("--eval-every", type=int, default=5, help="held-out evaluation every N steps (and after the last)")
     p.add_argument("--eval-n", type=int, default=4, help="samples per test question (p@1 and maj@n)")
-    p.add_argument("--eval-batch", type=int, default=12, help="test questions per generate call (x --eval-n rows)")
-    p.add_argument("--test-questions", type=int, default=12, help="test questions used (the first N of the test file)")
+    p.add_argument("--eval-batch", type=int, default=8, help="test questions per generate call (x --eval-n rows)")
+    p.add_argument("--test-questions", type=int, default=32, help="test questions used (the first N of the test file)")
     p.add_argument("--train-rows", type=int, default=2000, help="generated training questions (fresh: steps x B <= this)")
     p.add_argument("--methods", default="all", help="comma-separated method names (default all: "
                    + ", ".join(m[0] for m in METHODS) + ")")
     p.add_argument("--starts", default="cold,warm", help="comma-separated starts")
     p.add_argument("--workers", type=int, default=2, help="processes running jobs (1 torch thread each; 1: in this one)")
-    p.add_argument("--quick", action="store_true", help="1 seed, GRPO and PAFT q=0.75, 2 steps, 4 test questions: "
+    p.add_argument("--quick", action="store_true", help="1 seed, GRPO and PAFT q=0.75, 2 steps of 2, 4 test questions: "
                    "a look in a few minutes, not the reported numbers")
     p.add_argument("--no-figure-copy", action="store_true", help="do not copy the PNG to docs/figures/heldout.png")
     p.add_argument("--replot", action="store_true", help="only reprint the table and redraw the PNG from OUT/heldout.json")
@@ -417,6 +499,7 @@ def parse_args(argv=None):
 def report(result: dict, out: Path, copy: bool):
     """Print the table, write the JSON and the PNG (and copy the PNG to docs/figures)."""
     print(result["table"])
+    print(result["kinds_table"])
     for o in result["orderings"]:
         print(f"  {o['start']}: {o['above']} > {o['below']} in all {o['seeds']} seeds"
               + (" (ranges separated)" if o["separated"] else ""))
@@ -473,6 +556,7 @@ def main(argv=None):
         result["summary"] = summarize(result["runs"], methods, starts)
         result["orderings"] = orderings(result["runs"], methods, starts)
         result["table"] = table(result["summary"], result["settings"]["eval_n"])
+        result["kinds_table"] = kinds_table(result["runs"], methods, starts)
         report(result, out, not args.no_figure_copy)
         return result
     t0, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
@@ -483,8 +567,7 @@ def main(argv=None):
            "think_budget": args.think_budget, "answer_budget": args.answer_budget, "eval_every": args.eval_every,
            "eval_n": args.eval_n, "eval_batch": args.eval_batch}
     methods = [m for m in METHODS if m[0] in args.methods]
-    jobs = [{"kind": "base", "method": "base", "estimator": None, "q": None, "start": start, "seed": 0,
-             "test": test, "cfg": cfg} for start in args.starts if args.base]
+    jobs = []
     # Seed-major order: if the experiment is stopped early, what has finished is whole seeds of every method.
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for start in args.starts:
@@ -514,6 +597,7 @@ def main(argv=None):
                          "job_cpu_seconds": sum(r["cpu_seconds"] for r in runs),
                          "alone_estimate_seconds": cpu / min(args.workers, 2)}}
     result["table"] = table(result["summary"], args.eval_n)
+    result["kinds_table"] = kinds_table(runs, names, args.starts)
     from scale import memory
     result["gradients"] = gradient_scale(runs, [out], memory.parameter_count(memory.shape_of(memory.config_for(args.model)))["total"])
     print(gradient_table(result["gradients"]))

@@ -253,7 +253,7 @@ def run_job(job: dict) -> dict:
              "--grad-clip", str(job["grad_clip"]), "--M", str(cfg["M"]), "--B", str(cfg["B"]),
              "--micro-batch", str(cfg["B"] * cfg["M"]), "--think-budget", str(cfg["think_budget"]),
              "--answer-budget", str(cfg["answer_budget"]), "--eval-every", "0", "--eval-n", "1",
-             "--save-every", str(10**9), "--seed", str(job["seed"]), "--out", str(out)]
+             "--save-every", str(10**9), "--seed", str(job["seed"]), "--out", str(out), "--no-eval-first"]
     model = models.build_tiny_model(tok, hidden=cfg["hidden"], layers=cfg["layers"])
     model.load_state_dict(job["base_state"])  # every run of an experiment starts from the same base model
     trace, t = [], time.perf_counter()

@@ -95,18 +95,21 @@ def test_shrunken_end_to_end_run_on_the_tiny_model(tmp_path):
                                "--no-figure-copy"])
     finally:
         torch.set_num_threads(threads)
-    runs = [r for r in result["runs"] if r["kind"] == "run"]
+    runs = result["runs"]
     assert [r["method"] for r in runs] == ["GRPO", "PAFT q=0.75"]
-    assert all([p["step"] for p in r["trace"]] == [1, 2] for r in runs)
-    assert [p["step"] for p in result["runs"][0]["trace"]] == [0]  # the base model's point
-    assert all(0 <= p["p@1"] <= 100 for r in result["runs"] for p in r["trace"])
+    assert all([p["step"] for p in r["trace"]] == [0, 1, 2] for r in runs)  # 0: each run's untrained model
+    assert all(0 <= p["p@1"] <= 100 for r in runs for p in r["trace"])
+    for r in runs:  # every sampled test answer sorted by kind, before and after training: 2 questions x 2 samples
+        assert sorted(r["answers"]) == ["0", "2"] and all(sum(c.values()) == 4 for c in r["answers"].values())
+        assert len(r["train_curve"][next(iter(r["train_curve"]))]) == 2  # the two training steps, no base row
     assert len(result["summary"]) == 2 and "| cold | GRPO |" in result["table"]
+    assert "| cold | PAFT q=0.75 | 0 | before |" in result["kinds_table"]
     assert result["timing"]["cpu_seconds"] > 0 and not result["partial"]
     saved = json.loads((tmp_path / "heldout.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(result["summary"]))
     assert (tmp_path / "heldout.png").exists() or "matplotlib" not in str(saved)
     replot = heldout.main(["--replot", "--out", str(tmp_path), "--no-figure-copy"])
-    assert replot["table"] == result["table"]
+    assert replot["table"] == result["table"] and replot["kinds_table"] == result["kinds_table"]
 
 
 def test_merge_adds_seeds_and_refuses_other_settings_or_duplicate_runs():

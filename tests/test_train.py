@@ -39,9 +39,19 @@ def two_questions_rolled_out(seed, M=3, think_budget=5):
 
 
 @pytest.mark.parametrize("estimator", ["garl", "paft", "grpo"])
-def test_a_few_steps_of_each_estimator(tmp_path, estimator):
+def test_a_few_steps_of_each_estimator(tmp_path, capsys, estimator):
     out, lines = run(tmp_path, "--estimator", estimator, "--steps", "2")
-    assert [line["step"] for line in lines] == [0, 1]
+    said = [l for l in capsys.readouterr().out.splitlines() if l.startswith("held-out p@1 ")]
+    assert len(said) == 1 and said[0].endswith("(2 validation questions, before training -> after step 2)")
+    assert said[0].startswith(f"held-out p@1 {lines[0]['val/p@1']:.1f}% -> {lines[-1]['val/p@1']:.1f}%")
+    assert [line["step"] for line in lines] == [-1, 0, 1]  # -1: the untrained model's validation (--eval-first)
+    base, lines = lines[0], lines[1:]
+    assert {"val/p@1", "val/p@2", "val/maj@2", "time_eval"} <= base.keys() and "loss" not in base
+    written = sorted(p.name for p in (out / "predictions").iterdir())  # every sampled answer, per validation
+    assert written == ["step-000000.jsonl", "step-000002.jsonl"]
+    first = [json.loads(line) for line in (out / "predictions" / "step-000000.jsonl").read_text().splitlines()]
+    assert len(first) == 2 and {"id", "gold", "answers", "majority", "p@1"} <= first[0].keys()
+    assert len(first[0]["answers"]) == 2
     common = {"q", "lr", "loss", "grad_norm", "tokens_generated", "think_tokens_mean", "forced_frac",
               "seqs_in_grad_pass", "time_generate", "time_weights", "time_estimator", "time_backward", "time_optimizer"}
     for line in lines:
@@ -192,7 +202,7 @@ def test_a_killed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch
     assert os.path.realpath(out / "latest") == before and (Path(before) / "trainer_state.pt").exists()
     train.main(FAST + ["--out", str(out), "--estimator", "paft", "--steps", "2", "--resume"])  # and it resumes
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [0, 1]
+    assert steps == [-1, 0, 1]  # the base validation once, not again on --resume
 
 
 def test_no_network_and_no_data_file_is_a_message_not_a_traceback(tmp_path, monkeypatch):
