@@ -28,8 +28,10 @@ from tqdm import tqdm
 
 import rewards
 from data import TASKS, load_examples
+import rollout
+from presets import PAPER_THINK_BUDGETS
 from prompts import prompt_ids
-from rollout import PAPER_THINK_BUDGETS, SpecialTokens, generate
+from rollout import SpecialTokens
 
 # Project choice: the paper publishes no sampling settings; these are Qwen3's recommended settings for
 # thinking mode (temperature 0.6, top-p 0.95, top-k 20), applied as Hugging Face applies them: temperature,
@@ -69,21 +71,21 @@ def score_question(answers: list[str], example: dict, task: str) -> tuple[dict, 
 @torch.no_grad()
 def evaluate(model, tokenizer, examples: list[dict], task: str, start: str, n: int, think_budget: int,
              answer_budget: int = ANSWER_BUDGET, temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P,
-             top_k: int = EVAL_TOP_K, prompts_per_call: int = 1, progress: bool = True, decode: str = "generate",
-             fast_buffers: tuple[int, int] | None = None) -> tuple[dict, list[dict]]:
+             top_k: int = EVAL_TOP_K, prompts_per_call: int = 1, progress: bool = True,
+             generate=rollout.generate) -> tuple[dict, list[dict]]:
     """Sample n answers per question and score them. Returns (metrics, per-question predictions).
 
     Metric names use n: with n = 16, "p@16" and "maj@16", as in the paper. prompts_per_call questions
-    (x n rows) share one generate call; decode and fast_buffers choose the decoding path (rollout.generate).
+    (x n rows) share one generate call. generate: rollout.generate (the reference) or fast.decode.generate
+    (the same tokens), the caller's choice.
     """
-    tokens = SpecialTokens.of(tokenizer, model.generation_config)
+    special = SpecialTokens.of(tokenizer, model.generation_config)
     totals, predictions, forced = {}, [], 0
     bar = tqdm(total=len(examples), desc="eval", disable=not progress, leave=False, file=sys.stdout)
     for i in range(0, len(examples), prompts_per_call):
         batch = examples[i:i + prompts_per_call]
         prompts = [prompt_ids(tokenizer, ex, task, start) for ex in batch]
-        samples = generate(model, prompts, n, tokens, think_budget, answer_budget, temperature, top_p, top_k,
-                           decode=decode, fast_buffers=fast_buffers)
+        samples = generate(model, prompts, n, special, think_budget, answer_budget, temperature, top_p, top_k)
         for ex, group in zip(batch, samples):
             answers = extracted_answers(tokenizer, group)
             scores, majority = score_question(answers, ex, task)
@@ -191,12 +193,16 @@ def main(argv=None):
         model, tokenizer = load_model(args.model, device=device)
     except ModelLoadError as e:  # no such directory, a hub id without network: one line, no traceback
         raise SystemExit(f"eval.py: {e}") from None
+    generate = rollout.generate  # --decode: the reference, or its fast twin (the same tokens), chosen here only
+    if args.decode == "fast":
+        from fast import decode
+        generate = decode.generate
     torch.manual_seed(args.seed)
     t0 = time.time()
     with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
         metrics, predictions = evaluate(model, tokenizer, examples, args.task, args.start, args.n, think_budget,
                                         args.answer_budget, args.temperature, args.top_p, args.top_k,
-                                        args.prompts_per_call, decode=args.decode)
+                                        args.prompts_per_call, generate=generate)
     metrics["seconds"] = time.time() - t0
     beside = Path(args.model).parent if os.path.isdir(args.model) else Path("runs")  # runs/x/best -> runs/x/
     out = Path(args.out or beside / f"eval-{args.task}-{args.split}")

@@ -1,7 +1,7 @@
 """Score rollouts: logp_z and logp_y, the sequence-level log-probabilities the estimators take.
 
-    sequence_logprobs(model, samples, tokens)     (logp_z, logp_y) [N], with gradient if enabled (gradient pass)
-    log_weights(model, samples, tokens, mb)       log w = logp_y [N], no gradient (GARL/PAFT's weight pass)
+    sequence_logprobs(model, samples, special)    (logp_z, logp_y) [N], with gradient if enabled (gradient pass)
+    log_weights(model, samples, special, mb)      log w = logp_y [N], no gradient (GARL/PAFT's weight pass)
 
 For one sample   prompt | z | forced | y   (a rollout.Sample):
     logp_z = sum over z's tokens of log p(token | all tokens before it), EOS left out of the softmax
@@ -26,12 +26,13 @@ layer's (`python tests/test_logprobs.py` measures both).
 This file is the plain computation, the definition: one forward over whole sequences, a log-softmax at
 every position. It holds the logits of every position at once ([N, T, V], twice): fine for reading,
 testing and the CPU runs, not for training at scale (one 4k-token sequence's fp32 logits at Qwen3's
-151,936-token vocabulary take 2.5 GB). fast=True runs fast/logprobs.py instead: the same numbers
-(tested equal in tests/test_fast_logprobs.py) without ever holding [N, T, V] logits, and each prompt
-computed once for all its samples.
+151,936-token vocabulary take 2.5 GB). fast/logprobs.py has the same two functions, with the same
+arguments and numbers (tested equal in tests/test_fast_logprobs.py), without ever holding [N, T, V] logits
+and with each prompt computed once for all its samples; train.py chooses (--logprobs plain|fast), and
+nothing here imports it.
 
-    logp_z, logp_y = sequence_logprobs(model, samples, tokens)              # the definition
-    logp_z, logp_y = sequence_logprobs(model, samples, tokens, fast=True)   # the same, at scale
+    logp_z, logp_y = logprobs.sequence_logprobs(model, samples, special)        # the definition
+    logp_z, logp_y = fast.logprobs.sequence_logprobs(model, samples, special)   # the same, at scale
 """
 import torch
 import torch.nn.functional as F
@@ -39,13 +40,11 @@ import torch.nn.functional as F
 from rollout import Sample, SpecialTokens
 
 
-def sequence_logprobs(model, samples: list[Sample], tokens: SpecialTokens,
-                      fast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logprobs(model, samples: list[Sample], special: SpecialTokens) -> tuple[torch.Tensor, torch.Tensor]:
     """(logp_z, logp_y), each [N]: every whole sequence through the model, log-softmax at every position.
 
     With gradient if it is enabled. Autocast or not, the rationale's logits come out of the output layer
-    in the compute dtype, the answer's in fp32. fast=True: fast/logprobs.py's sequence_logprobs, the
-    same numbers.
+    in the compute dtype, the answer's in fp32. special: the tokenizer's SpecialTokens (EOS, padding).
 
     >>> import models
     >>> tok = models.build_tiny_tokenizer(); model = models.build_tiny_model(tok)
@@ -54,20 +53,17 @@ def sequence_logprobs(model, samples: list[Sample], tokens: SpecialTokens,
     >>> logp_z.shape, bool(logp_z[0] < 0), bool(logp_y[0] == logp_y[1])
     (torch.Size([2]), True, True)
     """
-    if fast:
-        from fast import logprobs as fast_logprobs  # opt-in, imported only when asked for
-        return fast_logprobs.sequence_logprobs(model, samples, tokens)
     check_prompts(samples)
     device = next(model.parameters()).device
     T = max(len(s.ids) for s in samples)
-    ids = torch.tensor([s.ids + [tokens.pad_id] * (T - len(s.ids)) for s in samples], device=device)  # [N, T]
+    ids = torch.tensor([s.ids + [special.pad_id] * (T - len(s.ids)) for s in samples], device=device)  # [N, T]
     mask = torch.tensor([[1] * len(s.ids) + [0] * (T - len(s.ids)) for s in samples], device=device)  # [N, T]
     hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, T, H]
     # The hidden state at position t-1 predicts the token at t. Right padding is masked and, being
     # after every real token, never changes one (the attention is causal).
     hidden, targets = hidden[:, :-1], ids[:, 1:]  # [N, T-1, H], [N, T-1]
     lm_head = model.get_output_embeddings()
-    eos = torch.tensor(tokens.eos_ids, device=device)
+    eos = torch.tensor(special.eos_ids, device=device)
     token_logp_z = _token_logprobs(hidden, targets, lm_head, banned=eos)  # [N, T-1], compute dtype
     token_logp_y = _token_logprobs(hidden, targets, lm_head, fp32=True)  # [N, T-1], fp32 output layer
 
@@ -86,19 +82,15 @@ def sequence_logprobs(model, samples: list[Sample], tokens: SpecialTokens,
 
 
 @torch.no_grad()
-def log_weights(model, samples: list[Sample], tokens: SpecialTokens, micro_batch: int,
-                fast: bool = False) -> torch.Tensor:
+def log_weights(model, samples: list[Sample], special: SpecialTokens, micro_batch: int) -> torch.Tensor:
     """log w = log p(y*|x, z) = logp_y for every sample [N], without gradient, in micro-batches.
 
     The samples go through sequence_logprobs micro_batch at a time, in order; logp_z is computed and
-    dropped. fast=True: fast/logprobs.py's log_weights (z skipped, each prompt run once), the same numbers.
+    dropped. (fast/logprobs.py's log_weights skips z and runs each prompt once: the same numbers.)
     Example: 10 samples, micro_batch 4 -> three forwards of 4, 4 and 2 sequences, log w [10].
     """
-    if fast:
-        from fast import logprobs as fast_logprobs  # opt-in, imported only when asked for
-        return fast_logprobs.log_weights(model, samples, tokens, micro_batch)
     check_prompts(samples)
-    return torch.cat([sequence_logprobs(model, samples[i:i + micro_batch], tokens)[1]
+    return torch.cat([sequence_logprobs(model, samples[i:i + micro_batch], special)[1]
                       for i in range(0, len(samples), micro_batch)])  # [N]
 
 

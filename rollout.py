@@ -8,7 +8,7 @@ One sample is the token sequence   prompt | z | forced | y   (a `Sample`):
             model's own answer (GRPO, evaluation); EOS included
 
     tok = models.build_tiny_tokenizer(); model = models.build_tiny_model(tok); torch.manual_seed(0)
-    samples = generate(model, [prompt], M=4, tokens=SpecialTokens.of(tok), think_budget=6)   # prompt: token ids
+    samples = generate(model, [prompt], M=4, special=SpecialTokens.of(tok), think_budget=6)   # prompt: token ids
     samples[0][2].z_ids       # [177, 35, 170, 49, 95, 88]: six sampled tokens, the budget, then
     samples[0][2].forced_ids  # [260]: "</think>" forced (one token here and in Qwen3's tokenizer)
 (prompt = prompts.prompt_ids(tok, {"question": "Who?", "context": "Rush is a band.", ...}, "hotpotqa", "warm").)
@@ -19,8 +19,9 @@ How to read this file: the data (Sample, SpecialTokens), then the two rules a th
 sampling, written as `generate`'s own tools: `ThinkingBlockRules` (a LogitsProcessor: no EOS inside the
 block, "</think>" forced once the budget is spent) and `RolloutDone` (a StoppingCriteria: a row stops when
 its rationale closes, or after its answer); then `sampling_warpers` (temperature, top-k, top-p: Hugging
-Face's own warpers) and `generate`, which hands all of it to `model.generate`. `decode="fast"` switches
-to the opt-in fast path in fast/decode.py, which draws the same tokens (tests/test_fast_decode.py).
+Face's own warpers) and `generate`, which hands all of it to `model.generate`. fast/decode.py's `generate`
+takes the same arguments and draws the same tokens, faster (tests/test_fast_decode.py): train.py and eval.py
+choose between the two (--decode generate|fast); nothing here imports it.
 
 Project choices (the paper does not say):
 - Budget forcing happens inside the sampling loop, so one `generate` call serves both modes. A forced token
@@ -52,9 +53,6 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 
 from prompts import THINK_CLOSE
 
-# The paper's thinking budgets (Sec. 7): 4096 / 3072 / 2048 tokens in all, of which 128 are kept for the answer.
-PAPER_THINK_BUDGETS = {"finqa": 4096 - 128, "hotpotqa": 3072 - 128, "musique": 2048 - 128}
-
 
 # ------------------------------------------------------------------------------------------------ data
 @dataclass
@@ -75,7 +73,7 @@ class Sample:
 
 @dataclass
 class SpecialTokens:
-    """The token ids rollouts need from a tokenizer, worked out once."""
+    """The token ids rollouts need from a tokenizer, worked out once (passed around as `special`)."""
     close_ids: list[int]  # the tokenization of "</think>"
     eos_ids: list[int]  # every token that ends a completion (banned while thinking)
     pad_id: int
@@ -123,22 +121,29 @@ def rationale_closed_at(generated: torch.Tensor, close: torch.Tensor) -> torch.T
     return torch.where(spells_close.any(-1), first + C, -1)  # [R]
 
 
-def thinking_block_rule(scores: torch.Tensor, thinking: torch.Tensor, n: torch.Tensor | int, close: torch.Tensor,
-                        eos: torch.Tensor, think_budget: int) -> torch.Tensor:
+def thinking_block_rule(scores: torch.Tensor, thinking: torch.Tensor, n: int, close: list[int], eos: list[int],
+                        think_budget: int) -> torch.Tensor:
     """The two rules of a thinking block on next-token scores [R, V] (fp32), before any warper.
 
-    thinking [R] True for rows whose rationale is still open; n: tokens generated so far (an int, or a 0-dim
-    tensor in the fast path's compiled step); eos [V] True for end-of-sequence tokens. Rows still thinking
-    get EOS banned (-inf); once n >= think_budget they get the next token of "</think>" forced (every other
-    score -inf, so the sampler draws it with probability 1), token by token. Example, think_budget 2,
-    close [7], eos {9}: at n = 1 a thinking row's scores[9] = -inf; at n = 2 all its scores are -inf but scores[7].
+    thinking [R] True for rows whose rationale is still open; n: tokens generated so far. Rows still
+    thinking get EOS banned (-inf); once n >= think_budget they get the next token of "</think>" forced
+    (every other score -inf, so the sampler draws it with probability 1), token by token. Example,
+    think_budget 2, close [7], eos [9]: at n = 1 a thinking row's scores[9] = -inf; at n = 2 all its
+    scores are -inf but scores[7]. (fast/decode.py has a branch-free twin for its compiled step.)
     """
-    scores = scores.masked_fill(thinking[:, None] & eos, float("-inf"))  # [R, V] no EOS inside the block
-    C = close.numel()
-    forced = close[(torch.as_tensor(n, device=close.device) - think_budget).clamp(0, C - 1).view(1)]  # [1]
-    one_hot = torch.arange(scores.shape[-1], device=scores.device) == forced  # [V]
-    force = thinking & (torch.as_tensor(n, device=scores.device) >= think_budget)  # [R]
-    return torch.where(force[:, None] & ~one_hot, float("-inf"), scores)  # [R, V]
+    scores = scores.clone()  # [R, V]
+    scores[thinking[:, None] & _one_hot(eos, scores)] = float("-inf")  # no EOS inside the block
+    if n >= think_budget:  # the budget is spent: "</think>" token by token (at most len(close) steps)
+        forced = close[min(n - think_budget, len(close) - 1)]
+        scores[thinking[:, None] & ~_one_hot([forced], scores)] = float("-inf")
+    return scores
+
+
+def _one_hot(ids: list[int], scores: torch.Tensor) -> torch.Tensor:
+    """[V] True at the given token ids."""
+    mask = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+    mask[ids] = True
+    return mask
 
 
 class ThinkingBlockRules(LogitsProcessor):
@@ -148,16 +153,15 @@ class ThinkingBlockRules(LogitsProcessor):
     it keeps nothing between steps. Placed first in the processor list: the warpers come after it.
     """
 
-    def __init__(self, prompt_len: int, tokens: SpecialTokens, think_budget: int, vocab: int, device):
-        self.prompt_len, self.think_budget = prompt_len, think_budget
-        self.close = torch.tensor(tokens.close_ids, device=device)  # [C]
-        self.eos = torch.zeros(vocab, dtype=torch.bool, device=device)  # [V]
-        self.eos[tokens.eos_ids] = True
+    def __init__(self, prompt_len: int, special: SpecialTokens, think_budget: int):
+        self.prompt_len, self.special, self.think_budget = prompt_len, special, think_budget
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         generated = input_ids[:, self.prompt_len:]  # [R, n]
-        thinking = rationale_closed_at(generated, self.close) < 0  # [R]
-        return thinking_block_rule(scores, thinking, generated.shape[1], self.close, self.eos, self.think_budget)
+        close = torch.tensor(self.special.close_ids, device=generated.device)  # [C]
+        thinking = rationale_closed_at(generated, close) < 0  # [R]
+        return thinking_block_rule(scores, thinking, generated.shape[1], self.special.close_ids,
+                                   self.special.eos_ids, self.think_budget)
 
 
 class RolloutDone(StoppingCriteria):
@@ -177,7 +181,7 @@ class RolloutDone(StoppingCriteria):
 
 def sampling_warpers(temperature: float, top_k: int, top_p: float) -> LogitsProcessorList:
     """Temperature, then top-k, then top-p: Hugging Face's own warpers, in the order generate applies them.
-    A neutral setting (T = 1, top_k = 0, top_p = 1) adds no warper. Shared by the fast path."""
+    A neutral setting (T = 1, top_k = 0, top_p = 1) adds no warper. The fast path uses them too."""
     warpers = LogitsProcessorList()
     if temperature != 1.0:
         warpers.append(TemperatureLogitsWarper(temperature))
@@ -209,50 +213,39 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def generate(model, prompt_ids: list[list[int]], M: int, tokens: SpecialTokens, think_budget: int,
-             answer_budget: int | None = None, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-             decode: str = "generate", fast_buffers: tuple[int, int] | None = None) -> list[list[Sample]]:
+def generate(model, prompt_ids: list[list[int]], M: int, special: SpecialTokens, think_budget: int,
+             answer_budget: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
+             top_k: int = 0) -> list[list[Sample]]:
     """Sample M rationales (and answers, if answer_budget is set) for each prompt. Returns samples[b][m].
 
     Without answer_budget (GARL, PAFT) a row stops when its rationale closes and y is left empty, for the
     caller to fill with the gold answer. With it (GRPO, evaluation) a row goes on to write its answer: up
     to answer_budget tokens, ending at the first EOS (kept in y, also when the pad token is the EOS token).
-
-    decode: "generate", Hugging Face's generate (the reference), or "fast", fast/decode.py (the same tokens,
-    faster; full-attention models only). fast_buffers=(rows, positions): the fast path's buffers, reserved
-    once for the largest call planned and kept (see fast/decode.py); the generate path ignores it.
+    special: the tokenizer's SpecialTokens. The defaults sample from the model itself (T 1, no top-k, no top-p).
     """
     check_sampling_options(think_budget, answer_budget, temperature, top_p, top_k)
-    if decode == "fast":
-        from fast.decode import decode_fast  # the opt-in fast path, in its own file
-        generated = decode_fast(model, prompt_ids, M, tokens, think_budget, answer_budget, temperature, top_p,
-                                top_k, buffers=fast_buffers).tokens  # [R, max_new]
-    elif decode == "generate":
-        device = next(model.parameters()).device
-        ids, mask = left_pad(prompt_ids, tokens.pad_id, device)  # [B, L]
-        L, C = ids.shape[1], len(tokens.close_ids)
-        vocab = model.get_output_embeddings().weight.shape[0]
-        config = GenerationConfig(  # every option that changes what is drawn, set; the warpers come below
-            do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_beams=1, num_return_sequences=M,
-            max_new_tokens=think_budget + C + (answer_budget or 0), min_length=0,
-            eos_token_id=tokens.eos_ids, pad_token_id=tokens.pad_id, use_cache=True)
-        processors = LogitsProcessorList([ThinkingBlockRules(L, tokens, think_budget, vocab, device),
-                                          *sampling_warpers(temperature, top_k, top_p)])
-        stop = StoppingCriteriaList([RolloutDone(L, tokens.close_ids, answer_budget or 0, device)])
-        with blank_generation_config(model):
-            sequences = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                       logits_processor=processors, stopping_criteria=stop)  # [B * M, L + n]
-        generated = sequences[:, L:]  # [R, n], rows b * M + m
-    else:
-        raise ValueError(f"decode must be 'generate' or 'fast', got {decode!r}")
-    return to_samples(prompt_ids, M, generated, tokens, think_budget, answer_budget)
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompt_ids, special.pad_id, device)  # [B, L]
+    L, C = ids.shape[1], len(special.close_ids)
+    config = GenerationConfig(  # every option that changes what is drawn, set; the warpers come below
+        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_beams=1, num_return_sequences=M,
+        max_new_tokens=think_budget + C + (answer_budget or 0), min_length=0,
+        eos_token_id=special.eos_ids, pad_token_id=special.pad_id, use_cache=True)
+    processors = LogitsProcessorList([ThinkingBlockRules(L, special, think_budget),
+                                      *sampling_warpers(temperature, top_k, top_p)])
+    stop = StoppingCriteriaList([RolloutDone(L, special.close_ids, answer_budget or 0, device)])
+    with blank_generation_config(model):
+        sequences = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                   logits_processor=processors, stopping_criteria=stop)  # [B * M, L + n]
+    generated = sequences[:, L:]  # [R, n], rows b * M + m
+    return to_samples(prompt_ids, M, generated, special, think_budget, answer_budget)
 
 
-def to_samples(prompt_ids: list[list[int]], M: int, generated: torch.Tensor, tokens: SpecialTokens,
+def to_samples(prompt_ids: list[list[int]], M: int, generated: torch.Tensor, special: SpecialTokens,
                think_budget: int, answer_budget: int | None) -> list[list[Sample]]:
     """Cut each row's generated tokens [R, n] (padding after a row is done) into z | forced | y."""
-    closed_at = rationale_closed_at(generated, torch.tensor(tokens.close_ids, device=generated.device)).tolist()
-    eos = set(tokens.eos_ids)
+    closed_at = rationale_closed_at(generated, torch.tensor(special.close_ids, device=generated.device)).tolist()
+    eos = set(special.eos_ids)
     samples = [[] for _ in prompt_ids]
     for r, gen in enumerate(generated.tolist()):
         c = closed_at[r]
@@ -266,10 +259,3 @@ def to_samples(prompt_ids: list[list[int]], M: int, generated: torch.Tensor, tok
             sample.y_ids = answer[:ends[0] + 1] if ends else answer  # the genuine EOS stays, padding goes
         samples[r // M].append(sample)
     return samples
-
-
-def full_attention_only(model) -> bool:
-    """The fast path's cache (and logprobs.py's shared prompt) handle full-attention layers; a model with
-    sliding-window layers (not Qwen3-0.6B, not SmolLM2) keeps the plain paths."""
-    layer_types = getattr(model.config.get_text_config(), "layer_types", None)
-    return layer_types is None or all(t == "full_attention" for t in layer_types)

@@ -17,6 +17,7 @@ import torch
 import garl
 import grpo
 import paft
+import presets
 import qlog
 from garl import garl_coefficients, garl_loss, garl_stats
 from grpo import grpo_advantages, grpo_coefficients, grpo_loss
@@ -365,7 +366,7 @@ def test_grpo_loss_token_mean_and_coefficient_form_agree():
 # ----------------------------------------------------------------------------- docs
 
 def test_docstring_examples():
-    for module in [qlog, garl, paft, grpo]:
+    for module in [qlog, garl, paft, grpo, presets]:
         assert doctest.testmod(module).failed == 0, module.__name__
 
 

@@ -12,11 +12,12 @@ One step, on-policy with one update per rollout batch (paper Sec. 6, Algorithms 
   4. gradient    loss = -(1/B) sum over sequences of (score_coef logp_z + path_coef logp_y), accumulated
                  over micro-batches
   5. update      clip the gradient norm, AdamW (or SGD) step
-Everything is logged to DIR/metrics.jsonl under stable names (README "What a run writes"); checkpoints go
-to DIR/checkpoints, with DIR/latest and DIR/best pointing at the newest and the best (validation maj@n).
+Reading order: the stages of a step, the loop (`train`), validation, then the flags and `main`. What a run
+writes (metrics.jsonl's names, the run folder): README, "What a run writes".
 """
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -29,38 +30,294 @@ import torch
 from tqdm import tqdm
 from transformers.utils import logging as transformers_logging
 
+import logprobs
 import rewards
+import rollout
 from checkpoint import resume, resume_problem, save_checkpoint, start_run, trainer_state
 from data import SAMPLE_FILES, TASKS, Batches, load_train_val
 from eval import EVAL_TEMPERATURE, EVAL_TOP_K, EVAL_TOP_P, evaluate, extracted_answers, validation_cost
 from garl import garl_coefficients, garl_stats
 from grpo import grpo_coefficients
-from logprobs import log_weights, sequence_logprobs
 from models import ModelLoadError, describe, load_model
 from paft import paft_coefficients
+from presets import PAPER_THINK_BUDGETS, PRESETS, q_at
 from prompts import gold_ids, prompt_ids, user_message
 from qlog import check_q, log_mean_exp, q_loss_of_log
-from rollout import PAPER_THINK_BUDGETS, SpecialTokens, generate
+from rollout import SpecialTokens
 
-# Every default that depends on the setup lives here, and only here. --preset picks one (default: "paper"
-# on CUDA, "cpu" otherwise); any flag given on the command line wins. The resolved values are printed at start.
-#   paper: the paper's setup (Sec. 7); what the paper leaves out (lr, batch, steps) is our choice.
-#   cpu:   a real 135M model that visibly learns on real HotPotQA rows within minutes on 2 cores.
-PRESETS = {
-    # paper: validation on a fixed 100 of the val questions every 50 steps keeps it at ~20% of the run's decoding
-    # time; the paper's protocol (all 872 FinQA val questions every 25 steps) is --val-size 0 --eval-every 25, ~80%.
-    "paper": dict(model="Qwen/Qwen3-0.6B", task="finqa", data="hub", M=32, think_budget=None, answer_budget=128,
-                  context_chars=0, steps=200, B=4, micro_batch=4, gen_batch=1, lr=1e-6,
-                  eval_every=50, eval_n=16, eval_batch=2, val_size=100, train_size=0, val_subset=0, save_every=25,
-                  precision="bf16", grad_ckpt=True, decode="fast", logprobs="fast"),
-    # cpu: a sanity check that the pipeline learns, on 4 real HotPotQA questions seen at every step: short contexts
-    # and rationales, and a learning rate a 135M model needs to move visibly within minutes. The fast paths (the
-    # same numbers): with the reference ones a step costs 2.4x the CPU time (147 vs 62 s, docs/performance.md).
-    "cpu": dict(model="smollm2", task="hotpotqa", data="sample", M=4, think_budget=16, answer_budget=16,
-                context_chars=200, steps=10, B=4, micro_batch=4, gen_batch=0, lr=3e-4,
-                eval_every=0, eval_n=4, eval_batch=4, val_size=4, train_size=4, val_subset=0, save_every=0,
-                precision="fp32", grad_ckpt=False, decode="fast", logprobs="fast"),
-}
+
+# ------------------------------------------------------------------------------------------------ a step's stages
+def rollouts(model, tokenizer, examples, *, task, start, M, special, think_budget, answer_budget=None, gen_batch=0,
+             temperature=1.0, top_p=1.0, generate=rollout.generate):
+    """Step 1: M rationales per question, groups[b][m] (rollout.Sample), gen_batch questions per call (0: all).
+
+    answer_budget=None stops a row at its "</think>" (GARL, PAFT: the gold answer goes after it); an int lets it
+    write its own answer (GRPO). Sampling is the model's own (T 1, no top-k, no top-p) unless temperature / top_p
+    say otherwise. generate: rollout.generate or fast.decode.generate (the same tokens), the caller's choice."""
+    prompts = [prompt_ids(tokenizer, ex, task, start) for ex in examples]
+    per_call = gen_batch or len(prompts)
+    groups = []
+    for i in range(0, len(prompts), per_call):
+        groups += generate(model, prompts[i:i + per_call], M, special, think_budget, answer_budget,
+                           temperature=temperature, top_p=top_p, top_k=0)  # top_k 0: no truncation (on-policy)
+    return groups
+
+
+def attach_gold_answers(groups, examples, tokenizer):
+    """Step 2 of GARL/PAFT: y* teacher-forced after every rationale, y = "\\n\\n" + gold + EOS (prompts.gold_ids).
+    The paper's central move: no verifier, no sampled answer; rationale z_m weighs w_m = p(y*|x, z_m)."""
+    for group, ex in zip(groups, examples):
+        y = gold_ids(tokenizer, ex["answer"])
+        for sample in group:
+            sample.y_ids = y
+
+
+def grpo_rewards(groups, examples, tokenizer) -> torch.Tensor:
+    """Step 2 of GRPO: reward [B, M] = 1 when the answer the model wrote matches the gold (the paper: exact match).
+    Project choice: numbers kept intact ("2.5" is not "25"), FinQA's rounding tolerance (docs/answer_checking.md)."""
+    return torch.tensor([[rewards.number_safe_exact_match(answer, [ex["answer"]] + ex["aliases"])
+                          for answer in extracted_answers(tokenizer, group)]
+                         for group, ex in zip(groups, examples)], dtype=torch.float64)  # [B, M]
+
+
+def gradient_pass(model, groups, score_coef, path_coef, special, micro_batch, precision="fp32",
+                  sequence_logprobs=logprobs.sequence_logprobs):
+    """Step 4: loss = -(1/B) sum over sequences of (score_coef logp_z + path_coef logp_y), in micro-batches.
+
+    score_coef, path_coef: [B, M]. A plain sum over sequences divided by the fixed B: the micro-batch gradients
+    accumulated in .grad are exactly the full-batch gradient. A sequence whose two coefficients are both 0 (GRPO
+    with equal rewards, a PAFT sample never resampled) is skipped; one 0 is not enough (equal w: GARL's score_coef
+    is 0, its path_coef is not). sequence_logprobs: logprobs.py's or fast/logprobs.py's (the same numbers).
+    Returns (loss, sequences that went through the model)."""
+    B = len(groups)
+    # One question's sequences stay together (the fast path runs their shared prompt once) and go longest
+    # first, so that a micro-batch pads little. The loss is a sum: the order is free.
+    items = [(s, score_coef[b, m], path_coef[b, m]) for b, g in enumerate(groups)
+             for m, s in sorted(enumerate(g), key=lambda ms: -len(ms[1].ids))
+             if score_coef[b, m] != 0 or path_coef[b, m] != 0]
+    device = next(model.parameters()).device
+    loss_total = 0.0
+    model.train()  # gradient checkpointing in transformers is active in train mode only
+    for i in range(0, len(items), micro_batch):
+        mb = items[i:i + micro_batch]
+        with precision_context(device.type, precision):
+            logp_z, logp_y = sequence_logprobs(model, [s for s, _, _ in mb], special)  # [mb] each
+        score = torch.stack([c for _, c, _ in mb]).to(device, torch.float32)  # [mb]
+        path = torch.stack([c for _, _, c in mb]).to(device, torch.float32)  # [mb]
+        loss = -(score * logp_z + path * logp_y).sum() / B
+        loss.backward()  # gradients accumulate in .grad across micro-batches
+        loss_total += loss.item()
+    model.eval()
+    return loss_total, len(items)
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+def train(args, model, tokenizer, train_examples, val_examples) -> Path:
+    """The training loop: `args` from parse_args, any model/tokenizer pair, lists of
+    {question, context, answer, aliases} (data.load_examples)."""
+    out = Path(args.out)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)  # rollout sampling and PAFT resampling, also when train() is called directly
+    if args.grad_ckpt:
+        model.gradient_checkpointing_enable()
+    special = SpecialTokens.of(tokenizer, model.generation_config)
+    print(f"model: {args.model} -> {describe(model)} on {args.device}; '</think>' is {len(special.close_ids)} token(s)")
+    generate, scoring = implementations(args, tokenizer, special, train_examples + val_examples)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if args.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=args.lr)
+    batches = Batches(train_examples, args.seed)
+    start_step, best = resume(out, optimizer, batches) if args.resume else start_run(out, vars(args))
+    B, M = args.B, args.M
+    first = last = None  # the first and the last step's statistics, for the summary at the end
+    base = base_validation(out)  # the untrained model's validation, if this run already has it (--resume)
+    if args.eval_first and start_step == 0:  # the untrained model, on the questions every later validation uses
+        base = {"step": -1}  # "step" counts from 0; step + 1 is the number of updates done, here none
+        with phase_timer(base, args.device)("eval"):
+            base.update(validate(args, model, tokenizer, val_examples, -1, generate))
+        log(out, base)
+
+    bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc="train", file=sys.stdout)
+    for step in bar:
+        q = q_at(step, args.q_schedule, args.q, args.q_final, args.q_steps)
+        lr = args.lr * min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps else args.lr  # warmup, then constant
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        stats = {"step": step, "q": q, "lr": lr}
+        timer = phase_timer(stats, args.device)
+        examples = batches.next(B)
+
+        # 1. rollouts: M rationales per question; GRPO's rows go on to write their own answers
+        with timer("generate"), precision_context(args.device, args.precision):
+            groups = rollouts(model, tokenizer, examples, task=args.task, start=args.start, M=M, special=special,
+                              think_budget=args.think_budget,
+                              answer_budget=args.answer_budget if args.estimator == "grpo" else None,
+                              gen_batch=args.gen_batch, temperature=args.temperature, top_p=args.top_p,
+                              generate=generate)  # groups[b][m]
+
+        # 2. GARL/PAFT: the gold answer y* after every rationale, scored without gradient: log w [B, M]
+        #    GRPO: the answers the model wrote, scored by the verifier: reward [B, M]
+        log_w = reward = None
+        with timer("weights"), precision_context(args.device, args.precision):
+            if args.estimator in ("garl", "paft"):
+                attach_gold_answers(groups, examples, tokenizer)
+                flat = [s for g in groups for s in g]
+                log_w = scoring.log_weights(model, flat, special, args.micro_batch)  # [B * M]
+                log_w = log_w.view(B, M).double()  # [B, M] log w_m = log p(y*|x, z_m)
+            else:
+                reward = grpo_rewards(groups, examples, tokenizer)  # [B, M]
+
+        # 3. the estimator: score_coef weights a sequence's rationale tokens, path_coef its answer tokens
+        with timer("estimator"):
+            if args.estimator == "garl":  # Algorithm 1: c_m / (M^q M) and (w_m / w_bar^q) / (M^q M)
+                score_coef, path_coef = garl_coefficients(log_w, q)  # [B, M] each
+                if args.no_pathwise:
+                    path_coef = torch.zeros_like(path_coef)
+            elif args.estimator == "paft":  # Algorithm 2: (n_m / K) w_bar^(1-q) / M^q on both, SFT-style
+                score_coef = path_coef = paft_coefficients(log_w, q, k=args.K)  # [B, M]
+            else:  # GRPO: A_m / (|o_m| M), the group-normalized advantage over the sequence's length
+                lengths = torch.tensor([[len(s.z_ids) + len(s.y_ids) for s in g] for g in groups])  # [B, M]
+                score_coef = path_coef = grpo_coefficients(reward, lengths)  # [B, M]
+
+        # 4. the gradient, accumulated over micro-batches
+        with timer("backward"):
+            stats["loss"], stats["seqs_in_grad_pass"] = gradient_pass(
+                model, groups, score_coef, path_coef, special, args.micro_batch, args.precision,
+                sequence_logprobs=scoring.sequence_logprobs)
+
+        # 5. the update. The norm is measured before clipping (clip_grad_norm_ returns it): a diagnostic.
+        with timer("optimizer"):
+            has_grad = any(p.grad is not None for p in params)  # none when every coefficient was zero
+            max_norm = args.grad_clip if args.grad_clip > 0 else math.inf
+            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_norm).item() if has_grad else 0.0
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)  # free the gradients now, not after the next step's rollouts
+
+        stats.update(monitor(groups, q, log_w, reward, args.estimator))
+        done = step + 1 == args.steps
+        if done or (args.eval_every and (step + 1) % args.eval_every == 0):
+            whole = done or not args.val_subset  # periodic validations may use a subset; the last one never does
+            with timer("eval"):
+                stats.update(validate(args, model, tokenizer, val_examples if whole else val_examples[:args.val_subset],
+                                      step, generate))
+            maj = stats[f"val/maj@{args.eval_n}"]
+            if whole and maj > best:  # the paper reports the checkpoint with the best validation maj@16
+                best = maj
+                if args.checkpoints:
+                    save_checkpoint(out, f"best-step-{step + 1:06d}", model, tokenizer, None, "best")
+        log(out, stats)
+        first, last = first or stats, stats
+        bar.set_postfix({k: f"{stats[k]:.3g}" for k in ["loss", "w_bar_mean", "j_q", "reward_mean"] if k in stats})
+
+        if args.checkpoints and (done or (args.save_every and (step + 1) % args.save_every == 0)):
+            save_checkpoint(out, f"step-{step + 1:06d}", model, tokenizer,
+                            trainer_state(optimizer, batches, step + 1, best, vars(args)), "latest")
+    bar.close()
+    summarize(args, first, last, best, base)
+    return out
+
+
+def monitor(groups, q, log_w=None, reward=None, estimator="garl") -> dict:
+    """What to watch (stable names, README "What a run writes"): rollout lengths, and w_bar / J_Q or the reward."""
+    flat = [s for g in groups for s in g]
+    stats = {"think_tokens_mean": sum(len(s.z_ids) for s in flat) / len(flat),  # rationale length
+             "forced_frac": sum(s.forced for s in flat) / len(flat),  # share of rationales cut by the budget
+             # tokens sampled: rationales, forced "</think>", and GRPO's own answers (GARL/PAFT's y is the gold one)
+             "tokens_generated": sum(len(s.z_ids) + len(s.forced_ids) + (len(s.y_ids) if reward is not None else 0)
+                                     for s in flat)}
+    if log_w is not None:
+        log_w_bar = log_mean_exp(log_w)  # [B] log w_bar, w_bar = mean_m w_m: the estimate of P = p(y*|x)
+        w_bar = log_w_bar.exp()  # [B]
+        stats.update(w_bar_mean=w_bar.mean().item(), w_bar_min=w_bar.min().item(), w_bar_max=w_bar.max().item())
+        stats["j_q"] = q_loss_of_log(log_w_bar, q).mean().item()  # J_Q, the loss being minimized
+        if estimator == "garl":  # max_m c_m / M^q: a few rare successes getting huge weight (paper Sec. 6.1)
+            stats["max_amplified_advantage"] = garl_stats(log_w, q)["max_amplified_advantage"]
+    if reward is not None:
+        stats["reward_mean"] = reward.mean().item()  # training accuracy (exact match)
+    return stats
+
+
+def log(out: Path, stats: dict):
+    """One line of DIR/metrics.jsonl."""
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(stats) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ validation
+def validate(args, model, tokenizer, val, step, generate=rollout.generate):
+    """Validation p@1 / p@n / maj@n with Qwen3's evaluation sampling (eval.py: T 0.6, top-p 0.95, top-k 20),
+    under its own fixed seed so that it never shifts training's random numbers. Every sampled answer is
+    written to DIR/predictions/step-NNNNNN.jsonl (NNNNNN: updates done; eval.py's rows: id, gold, answers)."""
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if args.device == "cuda" else []):
+        torch.manual_seed(args.seed + 7919 * (step + 1))
+        with precision_context(args.device, args.precision):
+            metrics, predictions = evaluate(model, tokenizer, val, args.task, args.start, args.eval_n,
+                                            args.think_budget, args.answer_budget, EVAL_TEMPERATURE, EVAL_TOP_P,
+                                            EVAL_TOP_K, prompts_per_call=args.eval_batch, progress=True,
+                                            generate=generate)
+    folder = Path(args.out) / "predictions"
+    folder.mkdir(exist_ok=True)
+    with open(folder / f"step-{step + 1:06d}.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in predictions)
+    return {f"val/{k}": v for k, v in metrics.items()}
+
+
+def base_validation(out: Path) -> dict | None:
+    """The untrained model's validation row (step -1) of a run's metrics.jsonl, or None."""
+    metrics = out / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    return next((r for r in rows if r["step"] == -1), None)
+
+
+def summarize(args, first, last, best, base=None):
+    """The run in three lines: did the quantity the estimator optimizes move, and did held-out accuracy?"""
+    if first is not None and first is not last:
+        key = "reward_mean" if args.estimator == "grpo" else "w_bar_mean"
+        name = "reward (exact match)" if args.estimator == "grpo" else "w_bar (the estimate of P = p(y*|x))"
+        line = f"training batches, step {first['step'] + 1} -> {last['step'] + 1}: {name} {first[key]:.3g} -> {last[key]:.3g}"
+        if "j_q" in first:
+            line += f", J_Q {first['j_q']:.3g} -> {last['j_q']:.3g}"
+        print(line)
+    if base is not None and last is not None and "val/p@1" in last:  # validation questions are never trained on
+        print(f"held-out p@1 {base['val/p@1']:.1f}% -> {last['val/p@1']:.1f}%, maj@{args.eval_n} "
+              f"{base[f'val/maj@{args.eval_n}']:.1f}% -> {last[f'val/maj@{args.eval_n}']:.1f}% "
+              f"({int(last['val/questions'])} validation questions, before training -> after step {last['step'] + 1})")
+    saved = f", checkpoints {args.out}/latest and {args.out}/best" if args.checkpoints else " (no checkpoints)"
+    print(f"done: {args.out}/metrics.jsonl{saved} (val maj@{args.eval_n} {best:.1f})")
+
+
+# ------------------------------------------------------------------------------------------------ the two switches
+def implementations(args, tokenizer, special, examples):
+    """--decode and --logprobs, chosen here and only here: (generate, scoring).
+
+    generate: rollout.generate (Hugging Face generate, the reference) or fast.decode.generate, the same
+    arguments and the same tokens; its kept buffers are sized once for the run's largest call. scoring: the
+    module logprobs (the reference) or fast.logprobs, each with sequence_logprobs and log_weights, the same
+    numbers. The reference never imports fast/: the caller chooses (tests/test_fast_*.py hold them equal).
+    """
+    generate = rollout.generate
+    if args.decode == "fast":
+        from fast import decode
+        generate = functools.partial(decode.generate, buffer_shape=decode_buffer_shape(args, tokenizer, special, examples))
+    scoring = logprobs
+    if args.logprobs == "fast":
+        from fast import logprobs as scoring
+    return generate, scoring
+
+
+def decode_buffer_shape(args, tokenizer, special, examples) -> tuple[int, int]:
+    """(rows, positions) of the fast path's decoding buffers, sized once for the whole run (training rollouts and
+    validation share them), so that a compiled step never meets a new buffer (fast/decode.py)."""
+    rows = max((args.gen_batch or args.B) * args.M, args.eval_batch * args.eval_n)
+    longest = max(len(prompt_ids(tokenizer, ex, args.task, args.start)) for ex in examples)
+    return rows, longest + args.think_budget + len(special.close_ids) + args.answer_budget
+
+
+# ------------------------------------------------------------------------------------------------ flags
+# Every default that depends on the setup is in presets.py (--preset picks one: "paper" on CUDA, "cpu" otherwise);
+# any flag given on the command line wins. The resolved values are printed at start.
 # Changing these on --resume is fine; anything else must match the run being resumed.
 RESUMABLE_CHANGES = {"steps", "eval_first", "eval_every", "save_every", "resume", "plan", "decode", "logprobs"}
 
@@ -128,8 +385,8 @@ def parse_args(argv=None):
     a("--precision", choices=["bf16", "fp32"], preset=True, help="bf16 autocast over fp32 weights, or fp32")
     a("--grad-ckpt", action=argparse.BooleanOptionalAction, preset=True, help="gradient checkpointing")
     # the fast paths: the same numbers as the reference, less time and memory (fast/, tested equal)
-    a("--decode", choices=["generate", "fast"], preset=True, help="rollouts with Hugging Face generate (rollout.py, "
-      "the reference) or fast/decode.py (shared prefill, static cache, one compiled step: the same tokens)")
+    a("--decode", choices=["generate", "fast"], preset=True, help="rollouts and validation with Hugging Face generate "
+      "(rollout.py, the reference) or fast/decode.py (shared prefill, static cache, one compiled step: the same tokens)")
     a("--logprobs", choices=["plain", "fast"], preset=True, help="log-probs through the whole [N, T, V] logits "
       "(logprobs.py, the reference) or fast/logprobs.py (chunked output layer, each prompt run once: the same numbers)")
     # validation, checkpoints, bookkeeping
@@ -211,268 +468,6 @@ def check_args(p, args):
             p.error(problem)
 
 
-def q_at(step: int, schedule: str, q: float, q_final: float, q_steps: int) -> float:
-    """The q schedule: constant, a switch to q_final after q_steps steps, or a linear ramp over q_steps.
-
-    >>> [q_at(s, "linear", 1.0, 0.0, 4) for s in (0, 2, 4, 9)]
-    [1.0, 0.5, 0.0, 0.0]
-    """
-    if schedule == "constant":
-        return q
-    if schedule == "switch":
-        return q if step < q_steps else q_final
-    return q + (q_final - q) * min(step / q_steps, 1.0)
-
-
-# ------------------------------------------------------------------------------------------------ the algorithm
-def rollouts(model, tokenizer, examples, task, start, M, tokens, think_budget, answer_budget, gen_batch,
-             temperature=1.0, top_p=1.0, decode="generate", fast_buffers=None):
-    """Step 1: M rationales per question, groups[b][m] (rollout.Sample), gen_batch questions per generate call.
-
-    answer_budget=None stops each row at its "</think>" (GARL, PAFT: the answer will be the gold one);
-    an int lets the model write its own answer after it (GRPO). Sampling is the model's own distribution
-    (temperature 1, no top-k, no top-p) unless temperature / top_p say otherwise. decode, fast_buffers:
-    which decoding path (rollout.generate).
-    """
-    prompts = [prompt_ids(tokenizer, ex, task, start) for ex in examples]
-    per_call = gen_batch or len(prompts)
-    groups = []
-    for i in range(0, len(prompts), per_call):
-        groups += generate(model, prompts[i:i + per_call], M, tokens, think_budget, answer_budget, temperature, top_p,
-                           decode=decode, fast_buffers=fast_buffers)
-    return groups
-
-
-def attach_gold_answers(groups, examples, tokenizer):
-    """Step 2 of GARL/PAFT: y* teacher-forced after every rationale, y = "\\n\\n" + gold + EOS (prompts.gold_ids).
-
-    The paper's central move: no verifier and no sampled answer. The weight of rationale z_m is the
-    probability the model gives the gold answer after it, w_m = p(y*|x, z_m).
-    """
-    for group, ex in zip(groups, examples):
-        y = gold_ids(tokenizer, ex["answer"])
-        for sample in group:
-            sample.y_ids = y
-
-
-def grpo_rewards(groups, examples, tokenizer) -> torch.Tensor:
-    """Step 2 of GRPO: reward [B, M] = 1 when the answer the model wrote matches the gold (the paper: exact match).
-
-    Project choice: exact match after a normalization that keeps numbers intact ("2.5" is not "25"), with
-    FinQA's rounding tolerance for numeric golds (rewards.number_safe_exact_match, docs/answer_checking.md).
-    """
-    return torch.tensor([[rewards.number_safe_exact_match(answer, [ex["answer"]] + ex["aliases"])
-                          for answer in extracted_answers(tokenizer, group)]
-                         for group, ex in zip(groups, examples)], dtype=torch.float64)  # [B, M]
-
-
-def gradient_pass(model, groups, score_coef, path_coef, tokens, micro_batch, precision="fp32", fast=False):
-    """Step 4: loss = -(1/B) sum over sequences of (score_coef logp_z + path_coef logp_y), in micro-batches.
-
-    score_coef, path_coef: [B, M]. The loss is a plain sum over sequences divided by the fixed B, so
-    accumulating micro-batch gradients in .grad gives exactly the full-batch gradient, whatever
-    micro_batch is. A sequence whose two coefficients are both 0 (a GRPO group with equal rewards, a PAFT
-    sample never resampled, a question with w = 0 everywhere) contributes nothing: we skip its forward and
-    backward passes. One coefficient 0 is not enough: when every rationale of a question gives the same w,
-    GARL's score_coef is 0 but its path_coef is not. Returns (loss, sequences that went through the model).
-    fast: logprobs.sequence_logprobs' fast path (the same numbers).
-    """
-    B = len(groups)
-    # One question's sequences stay together (the fast path runs their shared prompt once) and go longest
-    # first, so that a micro-batch pads little. The loss is a sum: the order is free.
-    items = [(s, score_coef[b, m], path_coef[b, m]) for b, g in enumerate(groups)
-             for m, s in sorted(enumerate(g), key=lambda ms: -len(ms[1].ids))
-             if score_coef[b, m] != 0 or path_coef[b, m] != 0]
-    device = next(model.parameters()).device
-    loss_total = 0.0
-    model.train()  # gradient checkpointing in transformers is active in train mode only
-    for i in range(0, len(items), micro_batch):
-        mb = items[i:i + micro_batch]
-        with autocast(device.type, precision):
-            logp_z, logp_y = sequence_logprobs(model, [s for s, _, _ in mb], tokens, fast=fast)  # [mb] each
-        score = torch.stack([c for _, c, _ in mb]).to(device, torch.float32)  # [mb]
-        path = torch.stack([c for _, _, c in mb]).to(device, torch.float32)  # [mb]
-        loss = -(score * logp_z + path * logp_y).sum() / B
-        loss.backward()  # gradients accumulate in .grad across micro-batches
-        loss_total += loss.item()
-    model.eval()
-    return loss_total, len(items)
-
-
-def monitor(groups, q, log_w=None, reward=None, estimator="garl") -> dict:
-    """What to watch (stable names, README "What a run writes"): rollout lengths, and w_bar / J_Q or the reward."""
-    flat = [s for g in groups for s in g]
-    stats = {"think_tokens_mean": sum(len(s.z_ids) for s in flat) / len(flat),  # rationale length
-             "forced_frac": sum(s.forced for s in flat) / len(flat),  # share of rationales cut by the budget
-             # tokens sampled: rationales, forced "</think>", and GRPO's own answers (GARL/PAFT's y is the gold one)
-             "tokens_generated": sum(len(s.z_ids) + len(s.forced_ids) + (len(s.y_ids) if reward is not None else 0)
-                                     for s in flat)}
-    if log_w is not None:
-        log_w_bar = log_mean_exp(log_w)  # [B] log w_bar, w_bar = mean_m w_m: the estimate of P = p(y*|x)
-        w_bar = log_w_bar.exp()  # [B]
-        stats.update(w_bar_mean=w_bar.mean().item(), w_bar_min=w_bar.min().item(), w_bar_max=w_bar.max().item())
-        stats["j_q"] = q_loss_of_log(log_w_bar, q).mean().item()  # J_Q, the loss being minimized
-        if estimator == "garl":  # max_m c_m / M^q: a few rare successes getting huge weight (paper Sec. 6.1)
-            stats["max_amplified_advantage"] = garl_stats(log_w, q)["max_amplified_advantage"]
-    if reward is not None:
-        stats["reward_mean"] = reward.mean().item()  # training accuracy (exact match)
-    return stats
-
-
-# ------------------------------------------------------------------------------------------------ the loop
-def train(args, model, tokenizer, train_examples, val_examples) -> Path:
-    """The training loop: `args` from parse_args, any model/tokenizer pair, lists of
-    {question, context, answer, aliases} (data.load_examples)."""
-    out = Path(args.out)
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)  # rollout sampling and PAFT resampling, also when train() is called directly
-    if args.grad_ckpt:
-        model.gradient_checkpointing_enable()
-    tokens = SpecialTokens.of(tokenizer, model.generation_config)
-    print(f"model: {args.model} -> {describe(model)} on {args.device}; '</think>' is {len(tokens.close_ids)} token(s)")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if args.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(params, lr=args.lr)
-    batches = Batches(train_examples, args.seed)
-    if args.resume:
-        start_step, best = resume(out, optimizer, batches)
-    else:
-        start_step, best = start_run(out, vars(args))
-    B, M = args.B, args.M
-    fast_buffers = decode_buffers(args, tokenizer, tokens, train_examples + val_examples)
-    first = last = None  # the first and the last step's statistics, for the summary at the end
-    base = base_validation(out)  # the untrained model's validation, if this run already has it (--resume)
-    if args.eval_first and start_step == 0:  # the base model, on the questions every later validation uses
-        base = {"step": -1}  # "step" counts from 0; step + 1 is the number of updates done, here none
-        timer = phase_timer(base, args.device)
-        with timer("eval"):
-            base.update(validate(args, model, tokenizer, val_examples, -1, fast_buffers))
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(base) + "\n")
-
-    bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc="train", file=sys.stdout)
-    for step in bar:
-        q = q_at(step, args.q_schedule, args.q, args.q_final, args.q_steps)
-        lr = args.lr * min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps else args.lr  # warmup, then constant
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        stats = {"step": step, "q": q, "lr": lr}
-        timer = phase_timer(stats, args.device)
-        examples = batches.next(B)
-
-        # 1. rollouts: M rationales per question; GRPO's rows go on to write their own answers
-        with timer("generate"), autocast(args.device, args.precision):
-            groups = rollouts(model, tokenizer, examples, args.task, args.start, M, tokens, args.think_budget,
-                              args.answer_budget if args.estimator == "grpo" else None, args.gen_batch,
-                              args.temperature, args.top_p, args.decode, fast_buffers)  # groups[b][m]
-
-        # 2. GARL/PAFT: the gold answer y* after every rationale, scored without gradient: log w [B, M]
-        #    GRPO: the answers the model wrote, scored by the verifier: reward [B, M]
-        log_w = reward = None
-        with timer("weights"), autocast(args.device, args.precision):
-            if args.estimator in ("garl", "paft"):
-                attach_gold_answers(groups, examples, tokenizer)
-                flat = [s for g in groups for s in g]
-                log_w = log_weights(model, flat, tokens, args.micro_batch, fast=args.logprobs == "fast")
-                log_w = log_w.view(B, M).double()  # [B, M] log w_m = log p(y*|x, z_m)
-            else:
-                reward = grpo_rewards(groups, examples, tokenizer)  # [B, M]
-
-        # 3. the estimator: score_coef weights a sequence's rationale tokens, path_coef its answer tokens
-        with timer("estimator"):
-            if args.estimator == "garl":  # Algorithm 1: c_m / (M^q M) and (w_m / w_bar^q) / (M^q M)
-                score_coef, path_coef = garl_coefficients(log_w, q)  # [B, M] each
-                if args.no_pathwise:
-                    path_coef = torch.zeros_like(path_coef)
-            elif args.estimator == "paft":  # Algorithm 2: (n_m / K) w_bar^(1-q) / M^q on both, SFT-style
-                score_coef = path_coef = paft_coefficients(log_w, q, k=args.K)  # [B, M]
-            else:  # GRPO: A_m / (|o_m| M), the group-normalized advantage over the sequence's length
-                lengths = torch.tensor([[len(s.z_ids) + len(s.y_ids) for s in g] for g in groups])  # [B, M]
-                score_coef = path_coef = grpo_coefficients(reward, lengths)  # [B, M]
-
-        # 4. the gradient, accumulated over micro-batches
-        with timer("backward"):
-            stats["loss"], stats["seqs_in_grad_pass"] = gradient_pass(
-                model, groups, score_coef, path_coef, tokens, args.micro_batch, args.precision,
-                fast=args.logprobs == "fast")
-
-        # 5. the update. The norm is measured before clipping (clip_grad_norm_ returns it): a diagnostic.
-        with timer("optimizer"):
-            has_grad = any(p.grad is not None for p in params)  # none when every coefficient was zero
-            max_norm = args.grad_clip if args.grad_clip > 0 else math.inf
-            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_norm).item() if has_grad else 0.0
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)  # free the gradients now, not after the next step's rollouts
-
-        stats.update(monitor(groups, q, log_w, reward, args.estimator))
-        done = step + 1 == args.steps
-        if done or (args.eval_every and (step + 1) % args.eval_every == 0):
-            whole = done or not args.val_subset  # periodic validations may use a subset; the last one never does
-            with timer("eval"):
-                stats.update(validate(args, model, tokenizer, val_examples if whole else val_examples[:args.val_subset],
-                                      step, fast_buffers))
-            maj = stats[f"val/maj@{args.eval_n}"]
-            if whole and maj > best:  # the paper reports the checkpoint with the best validation maj@16
-                best = maj
-                if args.checkpoints:
-                    save_checkpoint(out, f"best-step-{step + 1:06d}", model, tokenizer, None, "best")
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(stats) + "\n")
-        first, last = first or stats, stats
-        bar.set_postfix({k: f"{stats[k]:.3g}" for k in ["loss", "w_bar_mean", "j_q", "reward_mean"] if k in stats})
-
-        if args.checkpoints and (done or (args.save_every and (step + 1) % args.save_every == 0)):
-            save_checkpoint(out, f"step-{step + 1:06d}", model, tokenizer,
-                            trainer_state(optimizer, batches, step + 1, best, vars(args)), "latest")
-    bar.close()
-    summarize(args, first, last, best, base)
-    return out
-
-
-def validate(args, model, tokenizer, val, step, fast_buffers=None):
-    """Validation p@1 / p@n / maj@n with Qwen3's evaluation sampling (eval.py), under its own fixed seed so
-    that it never shifts training's random numbers. Every sampled answer is written to
-    DIR/predictions/step-NNNNNN.jsonl (NNNNNN: updates done; eval.py's rows: id, gold, answers, scores)."""
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if args.device == "cuda" else []):
-        torch.manual_seed(args.seed + 7919 * (step + 1))
-        with autocast(args.device, args.precision):
-            metrics, predictions = evaluate(model, tokenizer, val, args.task, args.start, args.eval_n,
-                                            args.think_budget, args.answer_budget, EVAL_TEMPERATURE, EVAL_TOP_P,
-                                            EVAL_TOP_K, prompts_per_call=args.eval_batch, progress=True,
-                                            decode=args.decode, fast_buffers=fast_buffers)
-    folder = Path(args.out) / "predictions"
-    folder.mkdir(exist_ok=True)
-    with open(folder / f"step-{step + 1:06d}.jsonl", "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in predictions)
-    return {f"val/{k}": v for k, v in metrics.items()}
-
-
-def base_validation(out: Path) -> dict | None:
-    """The untrained model's validation row (step -1) of a run's metrics.jsonl, or None."""
-    metrics = out / "metrics.jsonl"
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-    return next((r for r in rows if r["step"] == -1), None)
-
-
-def summarize(args, first, last, best, base=None):
-    """The run in three lines: did the quantity the estimator optimizes move, and did held-out accuracy?"""
-    if first is not None and first is not last:
-        key = "reward_mean" if args.estimator == "grpo" else "w_bar_mean"
-        name = "reward (exact match)" if args.estimator == "grpo" else "w_bar (the estimate of P = p(y*|x))"
-        line = f"training batches, step {first['step'] + 1} -> {last['step'] + 1}: {name} {first[key]:.3g} -> {last[key]:.3g}"
-        if "j_q" in first:
-            line += f", J_Q {first['j_q']:.3g} -> {last['j_q']:.3g}"
-        print(line)
-    if base is not None and last is not None and "val/p@1" in last:  # validation questions are never trained on
-        print(f"held-out p@1 {base['val/p@1']:.1f}% -> {last['val/p@1']:.1f}%, maj@{args.eval_n} "
-              f"{base[f'val/maj@{args.eval_n}']:.1f}% -> {last[f'val/maj@{args.eval_n}']:.1f}% "
-              f"({int(last['val/questions'])} validation questions, before training -> after step {last['step'] + 1})")
-    saved = f", checkpoints {args.out}/latest and {args.out}/best" if args.checkpoints else " (no checkpoints)"
-    print(f"done: {args.out}/metrics.jsonl{saved} (val maj@{args.eval_n} {best:.1f})")
-
-
 # ------------------------------------------------------------------------------------------------ main
 def main(argv=None):
     args = parse_args(argv)
@@ -483,22 +478,23 @@ def main(argv=None):
         raise SystemExit(f"train.py: {e}") from None
     print(f"data: {len(train_examples)} training and {len(val_examples)} validation questions "
           f"({args.task}, {args.start} start)")
-    from scale import memory  # the memory plan and validation's share of the run, before any model loads
-    prompt_tokens = [sum(memory.prompt_tokens_of(user_message(ex, args.task, args.start)) for ex in part) / len(part)
-                     for part in (train_examples, val_examples)]  # mean prompt tokens, estimated from characters
-    print(validation_cost(args, len(val_examples), *prompt_tokens)[0])
-    try:
-        table, fit = memory.plan_run(args, train_examples + val_examples)
-    except ValueError as e:  # a model whose shape is unknown offline: what to pass instead
-        raise SystemExit(f"train.py: {e}") from None
-    if args.plan:
-        print(table)
-        print("fits" if fit.ok else f"does not fit: {fit.message}")
-        return None
-    print(f"memory: peak ~{fit.peak / 1e9:.1f} GB ({fit.phase}) of {fit.budget / 1e9:.1f} GB usable "
-          "(--plan prints the breakdown)")
-    if not fit.ok:  # refused before the (slow) model load, with the flag to change
-        raise SystemExit(f"train.py: does not fit: {fit.message} (--plan prints the breakdown)")
+    if args.plan or args.device == "cuda":  # a GPU run is checked against the device's memory before any model loads
+        from scale import memory
+        prompt_tokens = [sum(memory.prompt_tokens_of(user_message(ex, args.task, args.start)) for ex in part) / len(part)
+                         for part in (train_examples, val_examples)]  # mean prompt tokens, estimated from characters
+        print(validation_cost(args, len(val_examples), *prompt_tokens)[0])
+        try:
+            table, fit = memory.plan_run(args, train_examples + val_examples)
+        except ValueError as e:  # a model whose shape is unknown offline: what to pass instead
+            raise SystemExit(f"train.py: {e}") from None
+        if args.plan:
+            print(table)
+            print("fits" if fit.ok else f"does not fit: {fit.message}")
+            return None
+        print(f"memory: peak ~{fit.peak / 1e9:.1f} GB ({fit.phase}) of {fit.budget / 1e9:.1f} GB usable "
+              "(--plan prints the breakdown)")
+        if not fit.ok:  # refused before the (slow) model load, with the flag to change
+            raise SystemExit(f"train.py: does not fit: {fit.message} (--plan prints the breakdown)")
     torch.manual_seed(args.seed)
     transformers_logging.disable_progress_bar()  # one progress bar, ours: none for loading or saving weights
     try:
@@ -510,7 +506,7 @@ def main(argv=None):
 
 
 # ------------------------------------------------------------------------------------------------ plumbing
-def autocast(device_type: str, precision: str):
+def precision_context(device_type: str, precision: str):
     """bf16 autocast over fp32 master weights (--precision bf16), or nothing."""
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -531,16 +527,6 @@ def load_data(args) -> tuple[list[dict], list[dict]]:
     """The run's (train, val) questions, as --data, --val-data, --val-size, --train-size, --context-chars ask."""
     return load_train_val(args.task, args.data, args.val_data, args.val_size, args.train_size, args.context_chars,
                           args.seed)
-
-
-def decode_buffers(args, tokenizer, tokens, examples) -> tuple[int, int] | None:
-    """--decode fast: (rows, positions) of the decoding buffers, sized once for the whole run (training rollouts
-    and validation share them), so that a compiled step never meets a new buffer (fast/decode.py). None otherwise."""
-    if args.decode != "fast":
-        return None
-    rows = max((args.gen_batch or args.B) * args.M, args.eval_batch * args.eval_n)
-    longest = max(len(prompt_ids(tokenizer, ex, args.task, args.start)) for ex in examples)
-    return rows, longest + args.think_budget + len(tokens.close_ids) + args.answer_budget
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ import logprobs
 from fast import logprobs as fast_logprobs
 import rollout
 import train
+from fast import decode as fast_decode
 from fast.decode import decode_fast, release
 from garl import garl_coefficients
 from grpo import grpo_coefficients
@@ -238,19 +239,20 @@ def our_step(est, model, tok, tokens, optimizer, examples, prompts, args, mem):
     """One train.py step for estimator `est`, phase by phase, with train.py's own functions."""
     precision = "bf16" if args.device == "cuda" else "fp32"
     step = Step(mem)
-    with step.phase("generate"), train.autocast(args.device, precision):
-        groups = rollout.generate(model, prompts, args.M, tokens, args.think_budget,
-                                  args.answer_tokens if est == "grpo" else None, decode=args.decode)
+    with step.phase("generate"), train.precision_context(args.device, precision):
+        generate = fast_decode.generate if args.decode == "fast" else rollout.generate  # the same tokens
+        groups = generate(model, prompts, args.M, tokens, args.think_budget, args.answer_tokens if est == "grpo" else None)
     if est == "grpo":
         reward = torch.tensor([[float(m % 2) for m in range(args.M)] for _ in groups])  # [B, M] synthetic
         lengths = torch.tensor([[len(s.z_ids) + len(s.y_ids) for s in g] for g in groups])  # [B, M]
         with step.phase("estimator"):
             score_coef = path_coef = grpo_coefficients(reward, lengths)  # [B, M]
     else:
-        with step.phase("weights"), train.autocast(args.device, precision):
+        with step.phase("weights"), train.precision_context(args.device, precision):
             train.attach_gold_answers(groups, examples, tok)
             flat = [s for g in groups for s in g]
-            log_w = logprobs.log_weights(model, flat, tokens, args.micro_batch, fast=args.logprobs == "fast")
+            scoring = fast_logprobs if args.logprobs == "fast" else logprobs  # the same numbers
+            log_w = scoring.log_weights(model, flat, tokens, args.micro_batch)
             log_w = log_w.view(len(groups), args.M).double()  # [B, M]
             sync(args)
         with step.phase("estimator"):
@@ -260,8 +262,9 @@ def our_step(est, model, tok, tokens, optimizer, examples, prompts, args, mem):
                 score_coef = path_coef = paft_coefficients(log_w, args.q)  # [B, M]
     with step.phase("gradient"):
         optimizer.zero_grad(set_to_none=True)
+        scoring = fast_logprobs if args.logprobs == "fast" else logprobs
         train.gradient_pass(model, groups, score_coef, path_coef, tokens, args.micro_batch, precision,
-                            fast=args.logprobs == "fast")
+                            sequence_logprobs=scoring.sequence_logprobs)
         sync(args)
     with step.phase("optimizer"):
         params = [p for p in model.parameters() if p.grad is not None]
@@ -449,13 +452,13 @@ def decode_speed(model, tok, prompts, args) -> dict:
             decoded = decode_fast(model, prompts, args.M, tokens, budget, compile=compiled)
             return rollout.to_samples(prompts, args.M, decoded.tokens, tokens, budget, None)
         return run
-    paths = {"generate": lambda: rollout.generate(model, prompts, args.M, tokens, budget, decode="generate"),
+    paths = {"generate": lambda: rollout.generate(model, prompts, args.M, tokens, budget),
              "fast": fast_path(False), "fast+compile": fast_path(True)}
     wanted = args.decode_paths.split(",")
     paths = {k: v for k, v in paths.items() if k in wanted and (k != "fast+compile" or compile)}
     R = len(prompts) * args.M
     out, seen = {}, {}
-    with train.autocast(args.device, precision):
+    with train.precision_context(args.device, precision):
         dtype = torch.get_autocast_dtype(args.device) if precision == "bf16" else next(model.parameters()).dtype
         for name, run in paths.items():
             torch.manual_seed(args.seed)

@@ -6,7 +6,7 @@ Qwen3-0.6B's exact shape (as `bench.py --model qwen3-shape`) with the byte-level
     python experiments/gpu_check.py --cpu-smoke     # the same code path at tiny sizes on a CPU, < 1 minute
 
 1. bench   one GARL step with train.py's functions (experiments/memory_check.py: rollout.generate with
-           decode="fast", the weight pass, train.gradient_pass, clip + AdamW), M = 32, a ~1024-token prompt,
+           --decode fast, the weight pass, train.gradient_pass, clip + AdamW), M = 32, a ~1024-token prompt,
            micro-batch 4, bf16 autocast over fp32 weights, gradient checkpointing, at thinking budgets 1024
            and 4096, each measured on the SECOND step at that budget: the first (untimed) creates the
            gradients and AdamW's state and compiles the decoding step and records its CUDA graphs, so the
@@ -158,7 +158,7 @@ def logprob_check(args, model, tok, results, rows=4):
     tokens, budget = SpecialTokens.of(tok), args.budgets[0]
     example = memory_check.make_example(tok, args.prompt_tokens, 4)
     prompts = [prompt_ids(tok, example, "finqa", "warm")]
-    with torch.no_grad(), train.autocast(args.device, "bf16"):
+    with torch.no_grad(), train.precision_context(args.device, "bf16"):
         torch.manual_seed(0)
         decoded = decode_fast(model, prompts, args.M, tokens, budget)  # the shape bench_part compiled
         fast = decoded.logp[:rows].float().clone()  # [rows, max_new]

@@ -18,7 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the library i
 
 import torch
 
+import logprobs as plain_logprobs
+import rollout
 import train
+from fast import decode as fast_decode, logprobs as fast_logprobs
 from models import load_model
 from paft import paft_coefficients
 from rollout import SpecialTokens
@@ -27,19 +30,21 @@ from rollout import SpecialTokens
 def one_step(model, tok, tokens, args, examples, decode: str, logprobs: str) -> dict:
     """CPU seconds of the three phases of one PAFT step (train.py's own functions), from seed 0."""
     torch.manual_seed(0)
-    seconds, fast = {}, logprobs == "fast"
+    seconds = {}
+    generate = fast_decode.generate if decode == "fast" else rollout.generate  # train.implementations' choice
+    scoring = fast_logprobs if logprobs == "fast" else plain_logprobs
     t = time.process_time()
-    groups = train.rollouts(model, tok, examples, args.task, args.start, args.M, tokens, args.think_budget, None, 0,
-                            decode=decode)
+    groups = train.rollouts(model, tok, examples, task=args.task, start=args.start, M=args.M, special=tokens,
+                            think_budget=args.think_budget, generate=generate)
     seconds["generate"] = time.process_time() - t
     t = time.process_time()
     train.attach_gold_answers(groups, examples, tok)
-    log_w = train.log_weights(model, [s for g in groups for s in g], tokens, args.micro_batch, fast=fast)
+    log_w = scoring.log_weights(model, [s for g in groups for s in g], tokens, args.micro_batch)
     seconds["weights"] = time.process_time() - t
     coef = paft_coefficients(log_w.view(len(examples), args.M).double(), args.q)  # [B, M]
     t = time.process_time()
     model.zero_grad()
-    train.gradient_pass(model, groups, coef, coef, tokens, args.micro_batch, fast=fast)
+    train.gradient_pass(model, groups, coef, coef, tokens, args.micro_batch, sequence_logprobs=scoring.sequence_logprobs)
     seconds["backward"] = time.process_time() - t
     return seconds
 

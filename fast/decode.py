@@ -1,14 +1,18 @@
-"""The fast decoding path: rollout.generate(..., decode="fast") draws Hugging Face generate's tokens, faster.
+"""The fast decoding path: fast.decode.generate draws rollout.generate's tokens (Hugging Face generate's), faster.
 
-    torch.manual_seed(0); slow = rollout.generate(model, prompts, 4, tokens, think_budget=6)
-    torch.manual_seed(0); fast = rollout.generate(model, prompts, 4, tokens, think_budget=6, decode="fast")
+    torch.manual_seed(0); slow = rollout.generate(model, prompts, 4, special, think_budget=6)
+    torch.manual_seed(0); fast = fast.decode.generate(model, prompts, 4, special, think_budget=6)
     [[s.ids for s in g] for g in slow] == [[s.ids for s in g] for g in fast]   # True (fp32, CPU)
 
+The caller chooses (train.py and eval.py: --decode generate|fast): this file takes rollout.generate's
+arguments (plus `buffer_shape`) and returns its Samples; the reference imports nothing from here.
+
 How to read this file: why it is faster (below), the per-row state (`DecodingState`) and the sampling rule
-of one step (`choose_next_token`: rollout.py's thinking-block rule, then Hugging Face's warpers, then
-torch.multinomial written out as `sample`), then the pieces that make a step cheap (`StaticCacheLayer`,
-`decode_attention`, `make_twin`), the kept state (`FastDecoder`), one step (`decoding_step`), and the
-entry point `decode_fast`. `release(model)` frees everything.
+of one step (`choose_next_token`: the thinking-block rule written branch-free for a compiled step, then
+Hugging Face's warpers, then torch.multinomial written out as `sample`), then the pieces that make a step
+cheap (`StaticCacheLayer`, `decode_attention`, `make_twin`), the kept state (`FastDecoder`), one step
+(`decoding_step`), and the entry points `decode_fast` (the tokens) and `generate` (Samples, as
+rollout.generate). `release(model)` frees everything.
 
 What a decoding step must cost at the paper's scale (Qwen3-0.6B, 32 rows, a ~1k-token prompt + 4096
 thinking tokens, bf16 autocast over fp32 master weights, one H100/H200) is the bytes it reads: 1.2 GB of
@@ -36,7 +40,7 @@ Python instead. Each point below is exact:
     updates in place, and the random noise is drawn outside it, so the sampled tokens are generate's.
  6. Buffers that stay (issue 17): CUDA graphs are recorded against the addresses of the tensors they read,
     so a new buffer means new graphs, and under cudagraph trees old graphs are not freed. The buffers are
-    therefore allocated ONCE, for `buffers=(rows, positions)` (the largest call planned: training's
+    therefore allocated ONCE, for `buffer_shape=(rows, positions)` (the largest call planned: training's
     (gen_batch or B) x M rows and validation's eval_batch x eval_n rows share one set), and every call
     decodes in views of them (the first R rows: contiguous, the same addresses). A call that needs more
     grows them, once, with a warning. They stay allocated until `release(model)`, or until the model is freed.
@@ -50,7 +54,27 @@ import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from rollout import SpecialTokens, full_attention_only, left_pad, sampling_warpers, thinking_block_rule
+from rollout import Sample, SpecialTokens, check_sampling_options, left_pad, sampling_warpers, to_samples
+
+
+def full_attention_only(model) -> bool:
+    """The fast paths' caches (here and fast/logprobs.py's shared prompt) handle full-attention layers; a model
+    with sliding-window layers (not Qwen3-0.6B, not SmolLM2) keeps the reference paths."""
+    layer_types = getattr(model.config.get_text_config(), "layer_types", None)
+    return layer_types is None or all(t == "full_attention" for t in layer_types)
+
+
+def thinking_block_rule(scores: torch.Tensor, thinking: torch.Tensor, n: torch.Tensor, close: torch.Tensor,
+                        eos: torch.Tensor, think_budget: int) -> torch.Tensor:
+    """rollout.thinking_block_rule written for a compiled step: no branch on n, a 0-dim tensor on the device
+    (a branch on its value would be a graph break), close [C] and eos [V] (a mask) as tensors. The same
+    scores (tests/test_fast_decode.py checks it against the reference on scripted cases)."""
+    scores = scores.masked_fill(thinking[:, None] & eos, float("-inf"))  # [R, V] no EOS inside the block
+    C = close.numel()
+    forced = close[(n - think_budget).clamp(0, C - 1).view(1)]  # [1] the close token due if the budget is spent
+    one_hot = torch.arange(scores.shape[-1], device=scores.device) == forced  # [V]
+    force = thinking & (n >= think_budget)  # [R]
+    return torch.where(force[:, None] & ~one_hot, float("-inf"), scores)  # [R, V]
 
 
 # ------------------------------------------------------------------------------------------------ the sampling rule
@@ -65,11 +89,11 @@ class SamplingRule:
     warpers: list  # Hugging Face's temperature, top-k, top-p warpers (rollout.sampling_warpers), in that order
 
     @classmethod
-    def of(cls, tokens: SpecialTokens, vocab: int, device, think_budget, answer_budget=None, temperature=1.0,
+    def of(cls, special: SpecialTokens, vocab: int, device, think_budget, answer_budget=None, temperature=1.0,
            top_p=1.0, top_k=0) -> "SamplingRule":
         eos = torch.zeros(vocab, dtype=torch.bool, device=device)
-        eos[tokens.eos_ids] = True
-        return cls(torch.tensor(tokens.close_ids, device=device), eos, tokens.pad_id, think_budget,
+        eos[special.eos_ids] = True
+        return cls(torch.tensor(special.close_ids, device=device), eos, special.pad_id, think_budget,
                    answer_budget or 0, list(sampling_warpers(temperature, top_k, top_p)))
 
     @property
@@ -339,14 +363,14 @@ class Decoded:
 
 
 @torch.no_grad()
-def decode_fast(model, prompt_ids: list[list[int]], M: int, tokens: SpecialTokens, think_budget: int,
+def decode_fast(model, prompt_ids: list[list[int]], M: int, special: SpecialTokens, think_budget: int,
                 answer_budget: int | None = None, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                buffers: tuple[int, int] | None = None, compile: bool | str | None = None, bucket: int = 256,
+                buffer_shape: tuple[int, int] | None = None, compile: bool | str | None = None, bucket: int = 256,
                 check_every: int | None = None) -> Decoded:
     """rollout.generate's tokens, faster (see the top of this file): shared prefill, static cache in the
     compute dtype, compiled step, buffers kept between calls.
 
-    buffers=(rows, positions): reserve the kept buffers for that many rows and cache positions (prompt +
+    buffer_shape=(rows, positions): reserve the kept buffers for that many rows and cache positions (prompt +
         new tokens, rounded up to the bucket) at the first call; None: sized by the call, grown when a
         later call needs more. A call that needs more than reserved grows them with a warning.
     compile: torch.compile the step (None: on CUDA, with mode "reduce-overhead", i.e. CUDA graphs; a
@@ -358,7 +382,7 @@ def decode_fast(model, prompt_ids: list[list[int]], M: int, tokens: SpecialToken
     """
     device = next(model.parameters()).device
     if not full_attention_only(model):
-        raise ValueError("the fast decoding path handles full-attention layers only: use decode='generate'")
+        raise ValueError("the fast decoding path handles full-attention layers only: use --decode generate")
     cuda = device.type == "cuda"
     compile = cuda if compile is None else compile
     check_every = check_every or (16 if cuda else 1)
@@ -369,17 +393,17 @@ def decode_fast(model, prompt_ids: list[list[int]], M: int, tokens: SpecialToken
         dec = _DECODERS[model] = FastDecoder(model, dtype, device)
     dec.refresh()
     vocab = model.get_output_embeddings().weight.shape[0]
-    rule = SamplingRule.of(tokens, vocab, device, think_budget, answer_budget, temperature, top_p, top_k)
+    rule = SamplingRule.of(special, vocab, device, think_budget, answer_budget, temperature, top_p, top_k)
 
-    # The kept buffers: reserved once (for `buffers`, or this call), grown only when a call needs more.
+    # The kept buffers: reserved once (for `buffer_shape`, or this call), grown only when a call needs more.
     ids, mask = left_pad(prompt_ids, rule.pad, device)  # [B, L]
     B, L = ids.shape
     R, positions = B * M, _round_up(L + rule.max_new, bucket)
-    planned_rows, planned_positions = (buffers[0], _round_up(buffers[1], bucket)) if buffers else (0, 0)
+    planned_rows, planned_positions = (buffer_shape[0], _round_up(buffer_shape[1], bucket)) if buffer_shape else (0, 0)
     if dec.rows < R or dec.positions < positions:
-        if buffers and (R > planned_rows or positions > planned_positions):
+        if buffer_shape and (R > planned_rows or positions > planned_positions):
             print(f"fast decoding: this call needs {R} rows x {L + rule.max_new} positions, more than the "
-                  f"{planned_rows} x {planned_positions} planned (fast_buffers): growing the kept buffers "
+                  f"{planned_rows} x {planned_positions} planned (buffer_shape): growing the kept buffers "
                   f"(new addresses: CUDA graphs are recorded again)", flush=True)
         dec.reserve(max(R, dec.rows, planned_rows), max(positions, dec.positions, planned_positions), vocab)
     buf = dec.views(R)
@@ -421,3 +445,17 @@ def decode_fast(model, prompt_ids: list[list[int]], M: int, tokens: SpecialToken
             break
     state = buf["state"]
     return Decoded(state.tokens[:, :rule.max_new], state.logp[:, :rule.max_new], state.closed_at)
+
+
+def generate(model, prompt_ids: list[list[int]], M: int, special: SpecialTokens, think_budget: int,
+             answer_budget: int | None = None, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+             buffer_shape: tuple[int, int] | None = None) -> list[list[Sample]]:
+    """rollout.generate, on the fast path: the same arguments, the same Samples (the same tokens), faster.
+
+    buffer_shape=(rows, positions): the kept buffers, reserved once for the largest call planned (train.py
+    sizes them for its rollouts and its validation together); None: sized by the first call.
+    """
+    check_sampling_options(think_budget, answer_budget, temperature, top_p, top_k)
+    generated = decode_fast(model, prompt_ids, M, special, think_budget, answer_budget, temperature, top_p, top_k,
+                            buffer_shape=buffer_shape).tokens  # [R, max_new]
+    return to_samples(prompt_ids, M, generated, special, think_budget, answer_budget)

@@ -1,7 +1,7 @@
-"""logprobs.py's numbers, faster: what runs at the paper's scale (logprobs.sequence_logprobs(..., fast=True)).
+"""logprobs.py's numbers, faster: what runs at the paper's scale (train.py --logprobs fast).
 
-    sequence_logprobs(model, samples, tokens, need_z=True, chunk_tokens=0, share_prompt=True)
-    log_weights(model, samples, tokens, micro_batch, share_prompt=True)
+    sequence_logprobs(model, samples, special, need_z=True, chunk_tokens=0, share_prompt=True)
+    log_weights(model, samples, special, micro_batch, share_prompt=True)
     chunked_token_logprobs(hidden, targets, lm_head, banned=None, chunk_tokens=0, fp32=False)
 
 The same (logp_z, logp_y) as the plain logprobs.sequence_logprobs (to fp32 rounding; the same dtypes for
@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from fast.decode import full_attention_only
 from logprobs import check_prompts
-from rollout import Sample, SpecialTokens, full_attention_only
+from rollout import Sample, SpecialTokens
 
 
-def sequence_logprobs(model, samples: list[Sample], tokens: SpecialTokens, need_z: bool = True,
+def sequence_logprobs(model, samples: list[Sample], special: SpecialTokens, need_z: bool = True,
                       chunk_tokens: int = 0, share_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(logp_z, logp_y), each [N]: logprobs.sequence_logprobs's numbers, with gradient if it is enabled.
 
@@ -48,18 +49,18 @@ def sequence_logprobs(model, samples: list[Sample], tokens: SpecialTokens, need_
         # Whole sequences when asked, when our cache cannot be used (reentrant checkpointing, sliding-window
         # layers), or when there is nothing to share (every prompt has one sample).
         if not (share_prompt and allowed and full_attention_only(model) and len(groups) < len(samples)):
-            return _whole_sequence_logprobs(model, samples, tokens, need_z, chunk_tokens)
+            return _whole_sequence_logprobs(model, samples, special, need_z, chunk_tokens)
         logp_z, logp_y = [None] * len(samples), [None] * len(samples)
         for prompt, idx in groups.items():
             group = [samples[i] for i in idx]
-            lz, ly = _shared_logprobs(model, _prefill(model, list(prompt)), group, tokens, need_z, chunk_tokens)
+            lz, ly = _shared_logprobs(model, _prefill(model, list(prompt)), group, special, need_z, chunk_tokens)
             for j, i in enumerate(idx):
                 logp_z[i], logp_y[i] = lz[j], ly[j]
     return torch.stack(logp_z), torch.stack(logp_y)
 
 
 @torch.no_grad()
-def log_weights(model, samples: list[Sample], tokens: SpecialTokens, micro_batch: int,
+def log_weights(model, samples: list[Sample], special: SpecialTokens, micro_batch: int,
                 share_prompt: bool = True) -> torch.Tensor:
     """log w = log p(y*|x, z) = logp_y for every sample [N], without gradient, in micro-batches.
 
@@ -72,7 +73,7 @@ def log_weights(model, samples: list[Sample], tokens: SpecialTokens, micro_batch
     """
     check_prompts(samples)
     if not (share_prompt and full_attention_only(model)):
-        parts = [_whole_sequence_logprobs(model, samples[i:i + micro_batch], tokens, False, 0)[1]
+        parts = [_whole_sequence_logprobs(model, samples[i:i + micro_batch], special, False, 0)[1]
                  for i in range(0, len(samples), micro_batch)]
         return torch.cat(parts)
     out = [None] * len(samples)
@@ -81,27 +82,27 @@ def log_weights(model, samples: list[Sample], tokens: SpecialTokens, micro_batch
         idx = sorted(idx, key=lambda i: -len(samples[i].ids))
         for k in range(0, len(idx), micro_batch):
             chunk = idx[k:k + micro_batch]
-            _, ly = _shared_logprobs(model, prefix, [samples[i] for i in chunk], tokens, False, 0)
+            _, ly = _shared_logprobs(model, prefix, [samples[i] for i in chunk], special, False, 0)
             for j, i in enumerate(chunk):
                 out[i] = ly[j]
     return torch.stack(out)
 
 
-def _whole_sequence_logprobs(model, samples, tokens, need_z, chunk_tokens):
+def _whole_sequence_logprobs(model, samples, special, need_z, chunk_tokens):
     """Every sequence whole (prompt included, right-padded) through the model, then rewrites 1 and 2."""
     device = next(model.parameters()).device
     T = max(len(s.ids) for s in samples)
-    ids = torch.tensor([s.ids + [tokens.pad_id] * (T - len(s.ids)) for s in samples], device=device)  # [N, T]
+    ids = torch.tensor([s.ids + [special.pad_id] * (T - len(s.ids)) for s in samples], device=device)  # [N, T]
     mask = torch.tensor([[1] * len(s.ids) + [0] * (T - len(s.ids)) for s in samples], device=device)  # [N, T]
     hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, T, H]
-    return _score(model, samples, hidden, 0, tokens, need_z, chunk_tokens)
+    return _score(model, samples, hidden, 0, special, need_z, chunk_tokens)
 
 
 # ---------------------------------------------------------- rewrite 1: only z and y positions, in chunks
 # Saves: the output layer on prompt, forced and padding positions (a prompt can be as long as the
 # rationale), and memory: logits are never [N, T, V] (at Qwen3's vocabulary a micro-batch of eight
 # 4k-token sequences would hold 20 GB of fp32 logits), one chunk of [c, V] at a time.
-def _score(model, samples: list[Sample], hidden: torch.Tensor, first: int, tokens: SpecialTokens, need_z: bool,
+def _score(model, samples: list[Sample], hidden: torch.Tensor, first: int, special: SpecialTokens, need_z: bool,
            chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(logp_z, logp_y) [n] from hidden states [n, L, H] whose column j is sequence position first + j.
 
@@ -121,7 +122,7 @@ def _score(model, samples: list[Sample], hidden: torch.Tensor, first: int, token
         y_cols += range(y0 - 1 - first, y0 - 1 - first + len(s.y_ids))
         y_tgt += s.y_ids
     lm_head = model.get_output_embeddings()
-    eos = torch.tensor(tokens.eos_ids, device=device)
+    eos = torch.tensor(special.eos_ids, device=device)
     out = []
     for rows, cols, tgt, banned, fp32 in [(z_rows, z_cols, z_tgt, eos, False), (y_rows, y_cols, y_tgt, None, True)]:
         rows = torch.tensor(rows, device=device, dtype=torch.long)
@@ -302,7 +303,7 @@ def _prefill(model, prompt_ids: list[int]) -> tuple[torch.Tensor, list[tuple[tor
     return hidden[:, -1:], [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def _shared_logprobs(model, prefix, samples, tokens, need_z, chunk_tokens):
+def _shared_logprobs(model, prefix, samples, special, need_z, chunk_tokens):
     """(logp_z, logp_y) for samples that share one prompt, given that prompt's _prefill."""
     last_hidden, kv = prefix  # [1, 1, H], per layer ([1, Hkv, P, D], [1, Hkv, P, D])
     device = last_hidden.device
@@ -311,7 +312,7 @@ def _shared_logprobs(model, prefix, samples, tokens, need_z, chunk_tokens):
     C = max(len(c) for c in conts)
     hidden = last_hidden.expand(n, 1, -1)  # [n, 1, H]: predicts each sample's first token after the prompt
     if C > 0:
-        ids = torch.tensor([c + [tokens.pad_id] * (C - len(c)) for c in conts], device=device)  # [n, C]
+        ids = torch.tensor([c + [special.pad_id] * (C - len(c)) for c in conts], device=device)  # [n, C]
         # Attention mask over [prompt | continuation]; right padding is masked and, being causal, never
         # changes a real token. Positions continue after the prompt.
         mask = torch.tensor([[1] * (P + len(c)) + [0] * (C - len(c)) for c in conts], device=device)  # [n, P+C]
@@ -320,7 +321,7 @@ def _shared_logprobs(model, prefix, samples, tokens, need_z, chunk_tokens):
         out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                                use_cache=False).last_hidden_state  # [n, C, H]
         hidden = torch.cat([hidden, out], 1)  # [n, 1+C, H]: column j is sequence position P-1+j
-    return _score(model, samples, hidden, P - 1, tokens, need_z, chunk_tokens)
+    return _score(model, samples, hidden, P - 1, special, need_z, chunk_tokens)
 
 
 def _by_prompt(samples: list[Sample]) -> dict[tuple, list[int]]:

@@ -840,11 +840,10 @@ def plan_run(args, examples) -> tuple[str, "Fit"]:
 
 def main(argv=None):
     import models
-    from rollout import PAPER_THINK_BUDGETS
+    from presets import PAPER_THINK_BUDGETS, PRESETS  # every default below is train.py's paper preset
     p = argparse.ArgumentParser(description="Print the memory plan of the paper's setup (Qwen3-0.6B's shape, no "
                                 "download) or of other settings, against this machine's memory.")
     a = p.add_argument
-    from train import PRESETS  # every default below is train.py's paper preset (one place for each)
     paper = PRESETS["paper"]
     a("--M", type=int, default=paper["M"], help="rationales per question")
     a("--gen-batch", type=int, default=paper["gen_batch"], help="questions per generate call")

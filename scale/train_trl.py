@@ -4,7 +4,7 @@
     accelerate launch --config_file scale/deepspeed_zero3.yaml scale/train_trl.py --estimator garl --q 0.75
     torchrun --nproc_per_node 2 scale/train_trl.py --model tiny --steps 2                  # two CPU processes (gloo)
 
-The same tasks, prompts (prompts.py), data (train.load_data: the same training questions as train.py) and
+The same tasks, prompts (prompts.py), data (data.load_train_val: the same training questions as train.py) and
 defaults as train.py (its presets: "paper" on CUDA, "cpu" otherwise), and the same step: B = --B
 questions x M rationales, one update. TRL splits the step's B x M rows over the processes and each process's
 share into micro-batches of --micro-batch rows: gradient accumulation = B x M / (processes x micro-batch).
@@ -25,19 +25,18 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-import train
-from data import TASKS
+from data import SAMPLE_FILES, TASKS, load_train_val
 import models
 from models import ModelLoadError, describe, load_model
 from prompts import build_prompt
-from rollout import PAPER_THINK_BUDGETS
+from presets import PAPER_THINK_BUDGETS, PRESETS
 from scale.trl_garl import GARLConfig, GARLTrainer
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--preset", choices=sorted(train.PRESETS), default=None,
+    a("--preset", choices=sorted(PRESETS), default=None,
       help="train.py's defaults for every flag left unset (default: paper on CUDA, cpu otherwise)")
     a("--estimator", choices=["garl", "paft"], default="garl", help="gradient estimator (garl.py, paft.py)")
     a("--q", type=float, default=0.75, help="Tsallis q in [0, 1]: 0 = RLVR-like, 1 = marginal likelihood")
@@ -87,14 +86,14 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.preset = args.preset or ("paper" if args.device == "cuda" else "cpu")
-    for key, value in train.PRESETS[args.preset].items():
+    for key, value in PRESETS[args.preset].items():
         if getattr(args, key, "absent") is None:
             setattr(args, key, value)
     if args.data == "sample":
-        args.data = str(train.SAMPLE_FILES[args.task])
+        args.data = str(SAMPLE_FILES[args.task])
     if args.think_budget is None:
         args.think_budget = PAPER_THINK_BUDGETS[args.task]
-    args.val_data = None  # train.load_data's other validation source, unused here
+    args.val_data = None  # load_train_val's other validation source, unused here
     args.out = args.out or f"runs/trl-{args.task}-{args.estimator}-q{args.q}-{args.start}"
     args.world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
     check_args(p, args)
@@ -164,7 +163,8 @@ def main(argv=None):
     except ValueError as e:
         sys.exit(f"scale/train_trl.py: error: {e}")
     print("config:", json.dumps(vars(args)))
-    train_examples, _ = train.load_data(args)  # the same training questions as train.py
+    train_examples, _ = load_train_val(args.task, args.data, args.val_data, args.val_size, args.train_size,
+                                       args.context_chars, args.seed)  # the same training questions as train.py
     print(f"data: {len(train_examples)} training questions ({args.task}, {args.start} start); "
           f"{args.B} x {args.M} rows per step = {args.world_size} process(es) x "
           f"{config.gradient_accumulation_steps} micro-batch(es) of {args.micro_batch}")

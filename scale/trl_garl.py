@@ -53,9 +53,9 @@ from trl.trainer.utils import maybe_gather_lm_head_ctx
 from garl import garl_coefficients, garl_stats
 from paft import paft_coefficients
 from prompts import THINK_OPEN, gold_ids
+from presets import q_at
 from qlog import check_q, log_mean_exp, q_loss_of_log
 from rollout import Sample, SpecialTokens, generate
-from train import q_at
 
 ESTIMATORS = ("garl", "paft")
 Q_SCHEDULES = ("constant", "switch", "linear")
@@ -234,7 +234,7 @@ def _nothing_to_gather(t: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ rollouts as tensors
-def rationale_from_generated(prompt_ids: list[int], generated: list[int], tokens: SpecialTokens, think_budget: int) -> Sample:
+def rationale_from_generated(prompt_ids: list[int], generated: list[int], special: SpecialTokens, think_budget: int) -> Sample:
     """Cut a generation that ran without budget forcing (vLLM) into the Sample rollout.generate would give.
 
     The rationale closes at the first occurrence of "</think>"'s tokenization (tokens after it are dropped);
@@ -245,22 +245,22 @@ def rationale_from_generated(prompt_ids: list[int], generated: list[int], tokens
     >>> rationale_from_generated([5], [3, 4], t, think_budget=2)         # budget spent: "</think>" forced
     Sample(prompt_ids=[5], z_ids=[3, 4], forced_ids=[9], y_ids=[])
     """
-    C = len(tokens.close_ids)
-    ends = [i + C for i in range(len(generated) - C + 1) if generated[i:i + C] == tokens.close_ids]
+    C = len(special.close_ids)
+    ends = [i + C for i in range(len(generated) - C + 1) if generated[i:i + C] == special.close_ids]
     if ends and ends[0] <= think_budget:
         z, forced = generated[:ends[0]], []
     elif len(generated) >= think_budget:
-        z, forced = generated[:think_budget], list(tokens.close_ids)
+        z, forced = generated[:think_budget], list(special.close_ids)
     else:
         raise RuntimeError(f"a rationale stopped after {len(generated)} < {think_budget} tokens without '</think>': "
                            "the generation backend stopped it early (an EOS or another stop condition)")
-    if any(t in tokens.eos_ids for t in z):
+    if any(t in special.eos_ids for t in z):
         raise RuntimeError("the generation backend sampled an EOS token inside a rationale: its EOS ban "
                            "(logit_bias) was not applied")
     return Sample(list(prompt_ids), z, forced)
 
 
-def vllm_sampling_kwargs(tokens: SpecialTokens) -> dict:
+def vllm_sampling_kwargs(special: SpecialTokens) -> dict:
     """Extra vLLM SamplingParams for rationales: EOS banned, stop at a one-token "</think>".
 
     -100 is the lower end of the OpenAI API's logit_bias range (server mode goes through vLLM's OpenAI
@@ -270,9 +270,9 @@ def vllm_sampling_kwargs(tokens: SpecialTokens) -> dict:
     >>> vllm_sampling_kwargs(SpecialTokens(close_ids=[9], eos_ids=[0, 2], pad_id=1))
     {'logit_bias': {0: -100.0, 2: -100.0}, 'stop_token_ids': [9]}
     """
-    kwargs = {"logit_bias": {eos: -100.0 for eos in tokens.eos_ids}}
-    if len(tokens.close_ids) == 1:
-        kwargs["stop_token_ids"] = list(tokens.close_ids)
+    kwargs = {"logit_bias": {eos: -100.0 for eos in special.eos_ids}}
+    if len(special.close_ids) == 1:
+        kwargs["stop_token_ids"] = list(special.close_ids)
     return kwargs
 
 
@@ -371,11 +371,11 @@ class GARLTrainer(GRPOTrainer):
             raise ValueError(f"router_aux_loss_coef={self.router_aux_loss_coef}: GARLTrainer adds no MoE "
                              "load-balancing loss; set router_aux_loss_coef=0.0")
         unwrapped = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # PEFT
-        self.tokens = SpecialTokens.of(processing_class, unwrapped.generation_config)
-        add_garl_scoring(unwrapped, self.tokens.eos_ids, args.cast_lm_head_to_fp32)
+        self.special = SpecialTokens.of(processing_class, unwrapped.generation_config)
+        add_garl_scoring(unwrapped, self.special.eos_ids, args.cast_lm_head_to_fp32)
         if self.use_vllm:
             # TRL's vLLM backend samples with max_tokens = max_completion_length (the thinking budget) and these.
-            self.vllm_generation.generation_kwargs = vllm_sampling_kwargs(self.tokens)
+            self.vllm_generation.generation_kwargs = vllm_sampling_kwargs(self.special)
         # B, the questions of one optimizer step over all processes: the loss is divided by it.
         self.questions_per_step = args.generation_batch_size // args.num_generations
 
@@ -398,7 +398,7 @@ class GARLTrainer(GRPOTrainer):
                 self._last_loaded_step = self.state.global_step
             _, generated, _, _ = self.vllm_generation.generate(prompts=prompt_ids, images=None,
                                                                num_generations=self.num_generations)
-            return [rationale_from_generated(p, g, self.tokens, budget) for p, g in zip(prompt_ids, generated)]
+            return [rationale_from_generated(p, g, self.special, budget) for p, g in zip(prompt_ids, generated)]
         # transformers: rollout.generate, on the model unwrapped from DDP / DeepSpeed (ZeRO-3 parameters gathered)
         k = _repeats(prompt_ids)  # a prompt's k rows share one prefill when the slice holds whole runs
         with (unwrap_model_for_generation(self.model_wrapped, self.accelerator,
@@ -406,7 +406,7 @@ class GARLTrainer(GRPOTrainer):
                                           gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs)
               as unwrapped, torch.no_grad(), self._dist.summon_full_params(self.model_wrapped, recurse=False),
               self.accelerator.autocast()):
-            groups = generate(unwrapped, prompt_ids[::k], k, self.tokens, budget)
+            groups = generate(unwrapped, prompt_ids[::k], k, self.special, budget)
         return [s for g in groups for s in g]
 
     # -------------------------------------------------------------------- steps 2-3: weights and coefficients
@@ -486,7 +486,7 @@ class GARLTrainer(GRPOTrainer):
         time_generate = time.perf_counter() - t
         for s, x in zip(samples, inputs):
             s.y_ids = gold_ids(self.processing_class, str(x[self.args.answer_column]))  # y*, EOS included
-        batch = batch_tensors(samples, self.tokens.pad_id, device)
+        batch = batch_tensors(samples, self.special.pad_id, device)
 
         t = time.perf_counter()
         log_w = self._log_weights(batch)  # [N]

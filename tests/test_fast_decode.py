@@ -130,7 +130,7 @@ def test_the_fast_path_keeps_its_cache_in_the_compute_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         cache = model(input_ids=torch.tensor(prompts), use_cache=True).cache
         assert (cache.layers[0].keys.dtype, cache.layers[0].values.dtype) == (torch.float32, torch.bfloat16)
-        rollout.generate(model, prompts, 2, SpecialTokens.of(tok), 4, decode="fast")
+        fast.generate(model, prompts, 2, SpecialTokens.of(tok), 4)
     assert fast.kv_cache_dtypes(model) == {"keys": "torch.bfloat16", "values": "torch.bfloat16"}
     dec = fast.decoder_of(model)
     assert dec.twin.lm_head.weight.dtype == dec.twin.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
@@ -141,7 +141,7 @@ def test_the_fast_path_keeps_its_cache_in_the_compute_dtype():
     with torch.no_grad():  # a changed master weight reaches the twin on the next call
         model.model.layers[0].mlp.up_proj.weight.mul_(2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        rollout.generate(model, prompts, 2, SpecialTokens.of(tok), 4, decode="fast")
+        fast.generate(model, prompts, 2, SpecialTokens.of(tok), 4)
     torch.testing.assert_close(dec.twin.model.layers[0].mlp.up_proj.weight,
                                model.model.layers[0].mlp.up_proj.weight.bfloat16(), rtol=0, atol=0)
     fast.release(model)
@@ -155,7 +155,7 @@ def buffer_addresses(model) -> list[int]:
 
 
 def test_kept_buffers_and_no_recompilation_across_training_and_validation_calls():
-    """Issue 17: buffers reserved once for fast_buffers=(rows, positions) and shared by training-shaped calls
+    """Issue 17: buffers reserved once for buffer_shape=(rows, positions) and shared by training-shaped calls
     (think-only, T 1) and validation-shaped ones (answer mode, T 0.6 / top-p 0.95 / top-k 20), of different prompt
     lengths and row counts: the same data_ptr throughout, and no compilation after the first call of each mode.
     Every call still draws the reference's tokens."""
@@ -182,7 +182,7 @@ def test_kept_buffers_and_no_recompilation_across_training_and_validation_calls(
         reference = [[s.ids for s in g] for g in rollout.generate(model, prompts, M, tokens, budget, answer, **kw)]
         torch.manual_seed(i)
         before = len(compilations)
-        decoded = fast.decode_fast(model, prompts, M, tokens, budget, answer, **kw, buffers=plan,
+        decoded = fast.decode_fast(model, prompts, M, tokens, budget, answer, **kw, buffer_shape=plan,
                                    compile=counting_backend, bucket=8)
         drawn = [[s.ids for s in g] for g in rollout.to_samples(prompts, M, decoded.tokens, tokens, budget, answer)]
         assert drawn == reference, f"call {i} ({mode})"
@@ -211,7 +211,7 @@ def test_buffers_grow_only_and_warn_when_the_plan_is_exceeded(capsys):
     fast.decode_fast(model, three_prompts(tok, 1), 2, tokens, 4, bucket=8)  # smaller: the kept buffers serve it
     assert buffer_addresses(model) == grown
     fast.release(model)
-    fast.decode_fast(model, three_prompts(tok, 1), 2, tokens, 4, buffers=(2, 8), bucket=8)  # plan too small
+    fast.decode_fast(model, three_prompts(tok, 1), 2, tokens, 4, buffer_shape=(2, 8), bucket=8)  # plan too small
     assert "more than the 2 x 8 planned" in capsys.readouterr().out
     fast.release(model)
 

@@ -82,8 +82,6 @@ def test_weight_pass_equals_the_plain_path_in_the_samples_order(tiny, share_prom
         log_w = log_weights(model, samples, tokens, micro_batch, share_prompt=share_prompt)
         assert not log_w.requires_grad
         torch.testing.assert_close(log_w, plain, atol=1e-5, rtol=0)
-        torch.testing.assert_close(logprobs.log_weights(model, samples, tokens, micro_batch, fast=True), plain,
-                                   atol=1e-5, rtol=0)  # the switch in logprobs.py
 
 
 # ------------------------------------------------------------------------------------------------ prompt once
@@ -115,7 +113,7 @@ def test_shared_path_runs_each_prompt_once(tiny, checkpointing):
                 model.activation_checkpointing_disable()
             assert shapes == (expected if checkpointing != "reentrant" else [(len(samples), T)])
         shapes.clear()
-        logprobs.sequence_logprobs(model, samples, tokens, fast=True)  # the switch in logprobs.py
+        fast_logprobs.sequence_logprobs(model, samples, tokens)  # what train.py --logprobs fast calls
         assert shapes == shared
         shapes.clear()
         log_weights(model, samples, tokens, micro_batch=3)  # a prompt once for all its micro-batches

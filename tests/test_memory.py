@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
-import logprobs
+from fast import logprobs as fast_logprobs
 from scale import memory
 import models
 from experiments import gpu_check
@@ -87,7 +87,7 @@ def test_saved_activations_match_autograd_byte_for_byte(kind, precision):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logprobs.sequence_logprobs(model, samples, SpecialTokens.of(tok), fast=True)
+            fast_logprobs.sequence_logprobs(model, samples, SpecialTokens.of(tok))
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     measured = sum(size[ptr] for ptr, places in where.items() if places == {(2, 1)} and ptr not in params)
     s, a = memory.shape_of(config), memory.DTYPE_BYTES[precision]

@@ -8,6 +8,7 @@ import models
 import rollout
 from prompts import THINK_CLOSE, build_prompt, gold_ids, gold_text, prompt_ids, user_message
 from logprobs import log_weights, sequence_logprobs
+from fast import decode as fast_decode
 from fast.decode import DecodingState, SamplingRule, choose_next_token, sample
 from rollout import Sample, SpecialTokens, generate
 
@@ -146,13 +147,30 @@ def test_the_warpers_are_transformers_own_in_generates_order(temperature, top_k,
 def test_the_thinking_block_rule_bans_eos_then_forces_the_close():
     """The rule acts on the scores before any warper: EOS -inf on thinking rows; at the budget, only "</think>"."""
     scores = torch.zeros(3, 10)
-    close, eos = torch.tensor([5, 6]), torch.arange(10) == 9
     thinking = torch.tensor([True, True, False])
-    out = rollout.thinking_block_rule(scores, thinking, 1, close, eos, think_budget=2)  # before the budget
+    out = rollout.thinking_block_rule(scores, thinking, 1, [5, 6], [9], think_budget=2)  # before the budget
     assert torch.isinf(out[:2, 9]).all() and torch.isfinite(out[2]).all() and torch.isfinite(out[:2, :9]).all()
-    out = rollout.thinking_block_rule(scores, thinking, 3, close, eos, think_budget=2)  # second forced token
+    out = rollout.thinking_block_rule(scores, thinking, 3, [5, 6], [9], think_budget=2)  # second forced token
     assert out[:2].argmax(-1).tolist() == [6, 6] and torch.isinf(out[:2]).sum().item() == 2 * 9
     assert torch.isfinite(out[2]).all()  # a closed row samples freely (its answer)
+    assert torch.equal(scores, torch.zeros(3, 10))  # the caller's scores are left as they were
+
+
+@pytest.mark.parametrize("close", [[5], [5, 6, 7]])
+def test_the_compiled_steps_branch_free_rule_is_the_reference_rule(close):
+    """fast/decode.py's thinking_block_rule (n a 0-dim tensor, no branch: what a compiled step needs) gives
+    rollout.thinking_block_rule's scores, at every step from the first to past the forced close, on rows
+    thinking and closed, with EOS tokens inside and outside the close's spelling."""
+    torch.manual_seed(0)
+    V, eos_ids, budget = 12, [9, 11], 3
+    eos = torch.zeros(V, dtype=torch.bool)
+    eos[eos_ids] = True
+    for n in range(budget + len(close) + 2):
+        scores = torch.randn(4, V)  # [R, V]
+        thinking = torch.tensor([True, False, True, n % 2 == 0])  # [R]
+        reference = rollout.thinking_block_rule(scores, thinking, n, close, eos_ids, budget)
+        branch_free = fast_decode.thinking_block_rule(scores, thinking, torch.tensor(n), torch.tensor(close), eos, budget)
+        assert torch.equal(branch_free, reference), n
 
 
 def test_default_sampling_is_untruncated_and_top_k_is_applied_as_transformers_applies_it():
@@ -281,13 +299,29 @@ def test_only_the_last_position_goes_through_the_output_layer(decode):
     model, tok = tiny()
     seen = []
     hook = model.lm_head.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape[:-1])))
-    generate(model, encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, context="short")]), 3, SpecialTokens.of(tok), 4, 2,
-             decode=decode)
+    run = fast_decode.generate if decode == "fast" else generate
+    run(model, encoded_prompts(tok, [EXAMPLE, dict(EXAMPLE, context="short")]), 3, SpecialTokens.of(tok), 4, 2)
     hook.remove()
     assert seen and all(shape[1] == 1 for shape in seen)  # [rows, 1]: never [rows, prompt_len, V] logits
 
 
-def test_unknown_decode_path_is_refused():
-    model, tok = tiny()
-    with pytest.raises(ValueError, match="decode"):
-        generate(model, encoded_prompts(tok), 2, SpecialTokens.of(tok), 4, decode="plain")
+def test_the_reference_imports_no_layer_above_it():
+    """The caller chooses: rollout.py and logprobs.py import nothing from fast/ or scale/, and no module of fast/
+    or scale/ imports train.py (read from their source, so that a lazy import inside a function counts too)."""
+    import ast
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+
+    def imported(path):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        return names
+
+    for core in ["rollout.py", "logprobs.py", "qlog.py", "garl.py", "paft.py", "grpo.py", "presets.py"]:
+        assert not {n for n in imported(root / core) if n.split(".")[0] in ("fast", "scale", "train", "experiments")}, core
+    for layer in sorted((root / "fast").glob("*.py")) + sorted((root / "scale").glob("*.py")):
+        assert not {n for n in imported(layer) if n.split(".")[0] in ("train", "experiments")}, layer.name

@@ -8,6 +8,7 @@ import torch
 
 import eval as evaluator
 import models
+import presets
 import train
 from garl import garl_coefficients, garl_loss
 from logprobs import log_weights, sequence_logprobs
@@ -33,7 +34,8 @@ def two_questions_rolled_out(seed, M=3, think_budget=5):
     examples = [{"id": str(i), "question": q, "context": "Rush: a band.", "answer": "Rush", "aliases": []}
                 for i, q in enumerate(["Who?", "Which band?"])]
     torch.manual_seed(seed)
-    groups = train.rollouts(model, tok, examples, "hotpotqa", "warm", M, tokens, think_budget, None, 0)
+    groups = train.rollouts(model, tok, examples, task="hotpotqa", start="warm", M=M, special=tokens,
+                            think_budget=think_budget)
     train.attach_gold_answers(groups, examples, tok)
     return model, tokens, groups
 
@@ -89,7 +91,7 @@ def test_gradient_accumulation_is_exact():
     ex = {"id": "a", "question": "Who?", "context": "Rush: a band.", "answer": "Rush", "aliases": []}
     examples = [ex, dict(ex, question="Which band?")]
     torch.manual_seed(0)
-    groups = train.rollouts(model, tok, examples, "hotpotqa", "warm", 4, tokens, 6, None, 0)
+    groups = train.rollouts(model, tok, examples, task="hotpotqa", start="warm", M=4, special=tokens, think_budget=6)
     train.attach_gold_answers(groups, examples, tok)
     log_w = log_weights(model, [s for g in groups for s in g], tokens, 8).view(2, 4).double()  # [B, M]
     score_coef, path_coef = garl_coefficients(log_w, 0.75)
@@ -129,9 +131,9 @@ def test_grpo_rewards_exact_match_of_the_extracted_answer():
 
 
 def test_q_schedules():
-    assert [train.q_at(s, "switch", 1.0, 0.0, 10) for s in (0, 9, 10, 50)] == [1.0, 1.0, 0.0, 0.0]
-    assert [train.q_at(s, "linear", 1.0, 0.0, 10) for s in (0, 5, 10, 20)] == [1.0, 0.5, 0.0, 0.0]
-    assert train.q_at(7, "constant", 1.0, 0.0, 10) == 1.0
+    assert [presets.q_at(s, "switch", 1.0, 0.0, 10) for s in (0, 9, 10, 50)] == [1.0, 1.0, 0.0, 0.0]
+    assert [presets.q_at(s, "linear", 1.0, 0.0, 10) for s in (0, 5, 10, 20)] == [1.0, 0.5, 0.0, 0.0]
+    assert presets.q_at(7, "constant", 1.0, 0.0, 10) == 1.0
 
 
 def test_eval_on_a_saved_checkpoint(tmp_path):
@@ -222,12 +224,13 @@ def test_plan_prints_the_memory_and_loads_no_model(tmp_path, monkeypatch, capsys
     assert not (tmp_path / "x").exists()
 
 
-def test_a_run_that_cannot_fit_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+def test_a_run_that_cannot_fit_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    """--plan (and every GPU run, which plans before it loads) says what does not fit and which flag to change."""
     monkeypatch.setattr(train, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
-    with pytest.raises(SystemExit) as exit_info:  # ~10 TB of KV cache: 2 questions x 100k rows x 100k tokens
-        train.main(FAST + ["--out", str(tmp_path / "x"), "--M", "100000", "--think-budget", "100000"])
-    message = str(exit_info.value.code)
-    assert "does not fit" in message and "--" in message.split("does not fit", 1)[1]
+    # ~10 TB of KV cache: 2 questions x 100k rows x 100k tokens
+    assert train.main(FAST + ["--out", str(tmp_path / "x"), "--M", "100000", "--think-budget", "100000", "--plan"]) is None
+    message = capsys.readouterr().out.splitlines()[-1]
+    assert message.startswith("does not fit") and "--" in message.split("does not fit", 1)[1]
 
 
 def test_the_gradient_pass_keeps_a_sequence_whose_score_coef_alone_is_zero():
@@ -249,11 +252,11 @@ def test_the_gradient_pass_keeps_a_sequence_whose_score_coef_alone_is_zero():
 
 def test_best_is_selected_on_whole_validations_only(tmp_path, monkeypatch):
     """--val-subset: periodic validations on a subset may score higher, but `best` is chosen on the whole set."""
-    def scripted(args, model, tokenizer, val, step, fast_buffers=None):  # the subset scores 100, the whole set 50
+    def scripted(args, model, tokenizer, val, step, generate=None):  # the subset scores 100, the whole set 50
         return {f"val/maj@{args.eval_n}": 100.0 if len(val) == 1 else 50.0}
 
     monkeypatch.setattr(train, "validate", scripted)
-    out, lines = run(tmp_path, "--steps", "2", "--eval-every", "1", "--val-subset", "1")
+    out, lines = run(tmp_path, "--steps", "2", "--eval-every", "1", "--val-subset", "1", "--no-eval-first")
     assert [line["val/maj@2"] for line in lines] == [100.0, 50.0]
     assert os.path.basename(os.path.realpath(out / "best")) == "best-step-000002"
 
@@ -275,7 +278,8 @@ def test_the_paper_presets_validation_is_at_most_a_quarter_of_decoding(tmp_path)
 
 def test_no_checkpoints_writes_metrics_only(tmp_path):
     out, lines = run(tmp_path, "--steps", "1", "--no-checkpoints")
-    assert len(lines) == 1 and not (out / "latest").exists() and not (out / "checkpoints").exists()
+    assert [line["step"] for line in lines] == [-1, 0]  # the base validation, then the step
+    assert not (out / "latest").exists() and not (out / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("model", ["/nonexistent/checkpoint", "Qwen/Qwen3-0.6B", "nobody/no-such-model"])
@@ -300,6 +304,10 @@ def test_the_reference_and_the_fast_paths_train_alike(tmp_path):
         _, runs[decode] = run(tmp_path, "--steps", "3", "--estimator", "garl", "--decode", decode, "--logprobs", logprobs,
                               "--no-checkpoints", name=decode)
     for ref, fast in zip(runs["generate"], runs["fast"]):
+        assert ref["step"] == fast["step"]
+        if ref["step"] == -1:  # the untrained model's validation: the same sampled answers, the same scores
+            assert {k: v for k, v in ref.items() if k.startswith("val/")} == {k: v for k, v in fast.items() if k.startswith("val/")}
+            continue
         assert ref["tokens_generated"] == fast["tokens_generated"] and ref["think_tokens_mean"] == fast["think_tokens_mean"]
         for key in ["w_bar_mean", "j_q", "loss", "grad_norm"]:
             assert fast[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-12), key
