@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import sys
-import tempfile
+import uuid
 
 import huggingface_hub.constants
 import torch
@@ -131,6 +131,7 @@ def load_smollm2(cache: bool = True):
     gguf_path = os.path.join(smollm2_dir(), SMOLLM2_FILE)
     if not cache:
         return convert_smollm2(gguf_path)
+    folder = None
     try:
         key = smollm2_cache_key(gguf_path)
         folder = smollm2_cache_dir(key)
@@ -138,7 +139,7 @@ def load_smollm2(cache: bool = True):
             return (AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval(),
                     AutoTokenizer.from_pretrained(folder, local_files_only=True))
     except Exception as e:  # an unreadable cache (permissions, a damaged file) must not fail the load
-        warn_cache_skipped("read", e)
+        warn_cache_skipped(f"read from {folder}" if folder else "lookup", e)
         return convert_smollm2(gguf_path)
     model, tok = convert_smollm2(gguf_path)
     try:
@@ -208,7 +209,8 @@ def write_cache(folder: str, key: dict, model, tok) -> None:
     renamed into place. If another process got there first, its folder stays and ours is discarded."""
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".tmp-", dir=parent)
+    tmp = f"{folder}.tmp-{uuid.uuid4().hex}"
+    os.mkdir(tmp)
     try:
         model.save_pretrained(tmp)  # safetensors
         tok.save_pretrained(tmp)
@@ -217,8 +219,8 @@ def write_cache(folder: str, key: dict, model, tok) -> None:
         try:
             os.rename(tmp, folder)  # atomic; fails if `folder` exists and is not empty
         except OSError:
-            if not cache_is_complete(folder, key):
-                raise
+            if not cache_is_complete(folder, key):  # not ours: a stray folder, never read; leave it alone
+                raise OSError(f"{folder} exists without {SMOLLM2_CACHE_MARKER}; delete it") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing left there after a successful rename
 
