@@ -426,13 +426,13 @@ def plot(result: dict, path: Path) -> bool:
                 steps = [p["step"] for p in mine[0]["trace"]]
                 mean = [statistics.mean(r["trace"][i]["p@1"] for r in mine) for i in range(len(steps))]
                 ax.plot(steps, mean, color=color, lw=2.5)
-            ax.set_title(f"{method}, {start} ({len(mine)} seeds)", fontsize=9)
+            ax.set_title(f"{method}, {start} ({len(mine)} seed{'' if len(mine) == 1 else 's'})", fontsize=9)
             ax.grid(alpha=0.3)
             if row == len(starts) - 1:
                 ax.set_xlabel("training step")
             if col == 0:
                 ax.set_ylabel(f"held-out p@1 (%), {result['settings']['test_questions']} questions")
-    axes[0][0].set_ylim(bottom=-2)
+    axes[0][0].set_ylim(-2, max(20, max(ax.get_ylim()[1] for ax in axes.flat)))  # shared: one scale for all
     fig.suptitle("SmolLM2-135M on fictional one-hop questions it never trains on: held-out p@1 "
                  "(thin: one seed; thick: the mean over seeds; step 0: the untrained model)", fontsize=10)
     fig.tight_layout()
