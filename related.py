@@ -28,6 +28,29 @@ import torch
 
 from qlog import check_log_w
 
+# train.py --estimator NAME for the methods here that its weight pass serves (RLPR needs per-token probabilities
+# of y* and a forward without the rationale, which train.py does not compute yet). VERIFIED: those that score the
+# model's own answer with a verifier, as GRPO does (the rollouts go on to write an answer).
+ESTIMATORS = ("latro", "maxrl", "grpo-soft")
+VERIFIED = ("maxrl",)
+
+
+def related_coefficients(name: str, log_w: torch.Tensor | None = None,
+                         reward: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """train.py's step 3 for --estimator NAME in ESTIMATORS: log_w [B, M] (latro, grpo-soft) or the verifier's
+    reward [B, M] (maxrl) -> (score_coef, path_coef), each [B, M].
+
+    >>> related_coefficients("maxrl", reward=torch.tensor([[1.0, 0.0]]))[0]
+    tensor([[ 0.5000, -0.5000]])
+    """
+    if name == "latro":
+        return latro_coefficients(log_w)
+    if name == "grpo-soft":
+        return grpo_soft_coefficients(log_w)
+    if name == "maxrl":
+        return maxrl_coefficients(reward)
+    raise ValueError(f"unknown related estimator {name!r}; train.py serves {', '.join(ESTIMATORS)}")
+
 
 def _out_dtype(x: torch.Tensor) -> torch.dtype:
     """fp64 in, fp64 out; anything else comes back as float32 (as garl.py)."""

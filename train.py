@@ -41,6 +41,7 @@ from grpo import grpo_coefficients
 from models import ModelLoadError, describe, load_model
 from paft import paft_coefficients
 from presets import PAPER_THINK_BUDGETS, PRESETS, q_at
+from related import ESTIMATORS, VERIFIED, related_coefficients
 from prompts import gold_ids, prompt_ids, user_message
 from qlog import check_q, log_mean_exp, q_loss_of_log
 from rollout import SpecialTokens
@@ -153,7 +154,7 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
         with timer("generate"), precision_context(args.device, args.precision):
             groups = rollouts(model, tokenizer, examples, task=args.task, start=args.start, M=M, special=special,
                               think_budget=args.think_budget,
-                              answer_budget=args.answer_budget if args.estimator == "grpo" else None,
+                              answer_budget=args.answer_budget if verified(args.estimator) else None,
                               gen_batch=args.gen_batch, temperature=args.temperature, top_p=args.top_p,
                               generate=generate)  # groups[b][m]
 
@@ -161,7 +162,7 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
         #    GRPO: the answers the model wrote, scored by the verifier: reward [B, M]
         log_w = reward = None
         with timer("weights"), precision_context(args.device, args.precision):
-            if args.estimator in ("garl", "paft"):
+            if not verified(args.estimator):
                 attach_gold_answers(groups, examples, tokenizer)
                 flat = [s for g in groups for s in g]
                 log_w = scoring.log_weights(model, flat, special, args.micro_batch)  # [B * M]
@@ -177,9 +178,11 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
                     path_coef = torch.zeros_like(path_coef)
             elif args.estimator == "paft":  # Algorithm 2: (n_m / K) w_bar^(1-q) / M^q on both, SFT-style
                 score_coef = path_coef = paft_coefficients(log_w, q, k=args.K)  # [B, M]
-            else:  # GRPO: A_m / (|o_m| M), the group-normalized advantage over the sequence's length
+            elif args.estimator == "grpo":  # A_m / (|o_m| M), the group-normalized advantage over the sequence's length
                 lengths = torch.tensor([[len(s.z_ids) + len(s.y_ids) for s in g] for g in groups])  # [B, M]
                 score_coef = path_coef = grpo_coefficients(reward, lengths)  # [B, M]
+            else:  # LaTRO, MaxRL, GRPO on the soft reward: the related methods, in the same two coefficients
+                score_coef, path_coef = related_coefficients(args.estimator, log_w, reward)  # [B, M] each
 
         # 4. the gradient, accumulated over micro-batches
         with timer("backward"):
@@ -217,6 +220,12 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
     bar.close()
     summarize(args, first, last, best, base)
     return out
+
+
+def verified(estimator: str) -> bool:
+    """Whether the estimator scores the model's own answers with a verifier (GRPO, MaxRL) instead of weighing
+    rationales by the gold answer's probability (GARL, PAFT, LaTRO, GRPO on the soft reward)."""
+    return estimator == "grpo" or estimator in VERIFIED
 
 
 def monitor(groups, q, log_w=None, reward=None, estimator="garl") -> dict:
@@ -274,8 +283,8 @@ def base_validation(out: Path) -> dict | None:
 def summarize(args, first, last, best, base=None):
     """The run in three lines: did the quantity the estimator optimizes move, and did held-out accuracy?"""
     if first is not None and first is not last:
-        key = "reward_mean" if args.estimator == "grpo" else "w_bar_mean"
-        name = "reward (exact match)" if args.estimator == "grpo" else "w_bar (the estimate of P = p(y*|x))"
+        key = "reward_mean" if verified(args.estimator) else "w_bar_mean"
+        name = "reward (exact match)" if verified(args.estimator) else "w_bar (the estimate of P = p(y*|x))"
         line = f"training batches, step {first['step'] + 1} -> {last['step'] + 1}: {name} {first[key]:.3g} -> {last[key]:.3g}"
         if "j_q" in first:
             line += f", J_Q {first['j_q']:.3g} -> {last['j_q']:.3g}"
@@ -336,8 +345,8 @@ def parse_args(argv=None):
     a("--preset", choices=sorted(PRESETS), default=None,
       help="the defaults of every flag marked [preset] (default: paper on CUDA, cpu otherwise)")
     # the method
-    a("--estimator", choices=["garl", "paft", "grpo"], default="garl",
-      help="gradient estimator (garl.py, paft.py, grpo.py)")
+    a("--estimator", choices=["garl", "paft", "grpo", *ESTIMATORS], default="garl",
+      help="gradient estimator: garl.py, paft.py, grpo.py, or a related method of related.py (latro, maxrl, grpo-soft)")
     a("--q", type=float, default=0.75,
       help="Tsallis q in [0, 1]: 0 = RLVR-like, 1 = marginal likelihood (ignored by grpo)")
     a("--q-schedule", choices=["constant", "switch", "linear"], default="constant",

@@ -57,6 +57,7 @@ import torch
 import data
 import models
 import prompts
+import related
 import rewards
 import train
 from experiments import synth_musique
@@ -148,7 +149,7 @@ def run_job(job: dict) -> dict:
     trace = [{"step": r["step"] + 1, "p@1": r["val/p@1"], "maj@n": r[f"val/maj@{n}"],
               "forced_frac": r["val/forced_frac"]} for r in rows if "val/p@1" in r]
     steps = [r for r in rows if r["step"] >= 0]  # the training steps (step -1: the base validation)
-    key = "reward_mean" if job["estimator"] == "grpo" else "w_bar_mean"
+    key = "reward_mean" if job["estimator"] in ("grpo", *related.VERIFIED) else "w_bar_mean"
     by_id = {ex["id"]: ex for ex in test}
     answers = {}
     for point in (trace[0], trace[-1]):
@@ -286,7 +287,7 @@ def summarize(runs: list[dict], methods: list[str], starts: list[str]) -> list[d
                 row[f"{key}_best"], row[f"{key}_best_step"] = [p[key] for p in best], [p["step"] for p in best]
                 row[f"{key}_by_step"] = [[[p["step"], p[key]] for p in r["trace"]] for r in mine]
             row["above_base"] = sum(v >= b + RISE for v, b in zip(row["p@1"], row["base_p@1"]))
-            marks = [escape_and_collapse(next(iter(r["train_curve"].values())), r["estimator"] == "grpo") for r in mine]
+            marks = [escape_and_collapse(curve, key == "reward_mean") for r in mine for key, curve in r["train_curve"].items()]
             row["escape_step"], row["collapse_step"] = [m[0] for m in marks], [m[1] for m in marks]
             rows.append(row)
     return rows
@@ -343,7 +344,7 @@ def gradient_scale(runs: list[dict], dirs: list[Path], n_params: int, steps: int
         if path is None:
             continue
         m = [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] >= 0][:steps]  # -1: no update
-        key = "reward_mean" if r["estimator"] == "grpo" else "w_bar_mean"
+        key = "reward_mean" if r["estimator"] in ("grpo", *related.VERIFIED) else "w_bar_mean"
         rows.append({"start": r["start"], "method": r["method"], "seed": r["seed"], key: [x[key] for x in m],
                      "rms": [x["grad_norm"] / n_params**0.5 for x in m]})
     order = [m[0] for m in METHODS]
