@@ -66,6 +66,8 @@ TEST_FILE = REPO / "samples" / "synth_musique_test.jsonl"
 # (name, estimator, q). Project choice for "q = 1": PAFT, the cheaper of the two (SFT on resampled rationales).
 METHODS = [("GRPO", "grpo", 0.0), ("GARL q=0", "garl", 0.0), ("GARL q=0.75", "garl", 0.75),
            ("PAFT q=0.75", "paft", 0.75), ("PAFT q=1", "paft", 1.0)]
+# The related methods (related.py, docs/related.md), run with --methods NAME,...; "all" is the five above.
+RELATED = [("LaTRO", "latro", 0.0), ("MaxRL", "maxrl", 0.0), ("GRPO-soft", "grpo-soft", 0.0)]
 STARTS = ("cold", "warm")
 # The generator's settings for the shipped test file and the training questions (docs/heldout.md: the pilots
 # that chose them). Changing them changes the test file: tests/test_heldout.py checks it is reproducible.
@@ -347,7 +349,7 @@ def gradient_scale(runs: list[dict], dirs: list[Path], n_params: int, steps: int
         key = "reward_mean" if r["estimator"] in ("grpo", *related.VERIFIED) else "w_bar_mean"
         rows.append({"start": r["start"], "method": r["method"], "seed": r["seed"], key: [x[key] for x in m],
                      "rms": [x["grad_norm"] / n_params**0.5 for x in m]})
-    order = [m[0] for m in METHODS]
+    order = [m[0] for m in METHODS + RELATED]
     return sorted(rows, key=lambda r: (STARTS.index(r["start"]), order.index(r["method"]), r["seed"]))
 
 
@@ -462,7 +464,7 @@ def parse_args(argv=None):
     p.add_argument("--test-questions", type=int, default=32, help="test questions used (the first N of the test file)")
     p.add_argument("--train-rows", type=int, default=2000, help="generated training questions (fresh: steps x B <= this)")
     p.add_argument("--methods", default="all", help="comma-separated method names (default all: "
-                   + ", ".join(m[0] for m in METHODS) + ")")
+                   + ", ".join(m[0] for m in METHODS) + "; or any of " + ", ".join(m[0] for m in RELATED) + ")")
     p.add_argument("--starts", default="cold,warm", help="comma-separated starts")
     p.add_argument("--workers", type=int, default=2, help="processes running jobs (1 torch thread each; 1: in this one)")
     p.add_argument("--quick", action="store_true", help="1 seed, GRPO and PAFT q=0.75, 2 steps of 2, 4 test questions: "
@@ -474,8 +476,8 @@ def parse_args(argv=None):
     if "--quick" in (sys.argv[1:] if argv is None else argv):
         p.set_defaults(**QUICK)  # flags given on the command line still win
     args = p.parse_args(argv)
-    known = [m[0] for m in METHODS]
-    args.methods = known if args.methods == "all" else args.methods.split(",")
+    known = [m[0] for m in METHODS + RELATED]
+    args.methods = [m[0] for m in METHODS] if args.methods == "all" else args.methods.split(",")
     if set(args.methods) - set(known):
         p.error(f"--methods: unknown {sorted(set(args.methods) - set(known))}; known: {', '.join(known)}")
     args.starts = args.starts.split(",")
@@ -567,7 +569,7 @@ def main(argv=None):
     cfg = {"model": args.model, "M": args.M, "B": args.B, "steps": args.steps, "lr": args.lr,
            "think_budget": args.think_budget, "answer_budget": args.answer_budget, "eval_every": args.eval_every,
            "eval_n": args.eval_n, "eval_batch": args.eval_batch}
-    methods = [m for m in METHODS if m[0] in args.methods]
+    methods = [m for m in METHODS + RELATED if m[0] in args.methods]
     jobs = []
     # Seed-major order: if the experiment is stopped early, what has finished is whole seeds of every method.
     for seed in range(args.first_seed, args.first_seed + args.seeds):

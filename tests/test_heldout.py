@@ -84,6 +84,8 @@ def test_bad_flags_fail_with_the_flag_named():
         heldout.parse_args(["--steps", "100", "--B", "30", "--train-rows", "50"])  # not enough fresh questions
     args = heldout.parse_args(["--quick", "--steps", "3"])
     assert args.steps == 3 and args.seeds == 1 and args.methods == ["GRPO", "PAFT q=0.75"]  # given flags win
+    assert heldout.parse_args(["--methods", "LaTRO,MaxRL,GRPO-soft"]).methods == ["LaTRO", "MaxRL", "GRPO-soft"]
+    assert heldout.parse_args([]).methods == [m[0] for m in heldout.METHODS]  # "all": the paper's five
 
 
 def test_shrunken_end_to_end_run_on_the_tiny_model(tmp_path):
