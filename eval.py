@@ -31,7 +31,7 @@ import rollout
 from data import TASKS, load_examples
 from presets import PAPER_THINK_BUDGETS
 from prompts import prompt_ids
-from related import VERIFIED
+from related import verified
 from rollout import SpecialTokens
 
 # Project choice: the paper publishes no sampling settings; these are Qwen3's recommended settings for
@@ -126,8 +126,7 @@ def validation_cost(args, n_val: int, train_prompt_tokens: float, val_prompt_tok
     periodic = sum(1 for s in range(args.steps - 1) if args.eval_every and (s + 1) % args.eval_every == 0)
     n_periodic = min(args.val_subset or n_val, n_val)
     val_new = args.think_budget + args.answer_budget
-    writes_answers = args.estimator == "grpo" or args.estimator in VERIFIED  # the verifier methods' own answers
-    train_new = args.think_budget + (args.answer_budget if writes_answers else 0)
+    train_new = args.think_budget + (args.answer_budget if verified(args.estimator) else 0)  # GRPO's own answers
     gen = args.gen_batch or args.B
     train_work = args.steps * math.ceil(args.B / gen) * decoding_work(gen * args.M, train_prompt_tokens, train_new)
     val_work = sum(math.ceil(n / args.eval_batch) * decoding_work(args.eval_batch * args.eval_n, val_prompt_tokens,

@@ -29,10 +29,19 @@ import torch
 from qlog import check_log_w
 
 # train.py --estimator NAME for the methods here that its weight pass serves (RLPR needs per-token probabilities
-# of y* and a forward without the rationale, which train.py does not compute yet). VERIFIED: those that score the
-# model's own answer with a verifier, as GRPO does (the rollouts go on to write an answer).
+# of y* and a forward without the rationale, which train.py does not compute yet).
 ESTIMATORS = ("latro", "maxrl", "grpo-soft")
-VERIFIED = ("maxrl",)
+
+
+def verified(estimator: str) -> bool:
+    """Whether --estimator scores the model's own answers with a verifier (GRPO, MaxRL: the rollouts go on to write
+    an answer, the reward is [B, M]) rather than weighing rationales by the gold answer's probability (GARL, PAFT,
+    LaTRO, GRPO-soft: log w [B, M]).
+
+    >>> [verified(name) for name in ("grpo", "maxrl", "garl", "latro")]
+    [True, True, False, False]
+    """
+    return estimator in ("grpo", "maxrl")
 
 
 def related_coefficients(name: str, log_w: torch.Tensor | None = None,

@@ -41,7 +41,7 @@ from grpo import grpo_coefficients
 from models import ModelLoadError, describe, load_model
 from paft import paft_coefficients
 from presets import PAPER_THINK_BUDGETS, PRESETS, q_at
-from related import ESTIMATORS, VERIFIED, related_coefficients
+from related import ESTIMATORS, related_coefficients, verified
 from prompts import gold_ids, prompt_ids, user_message
 from qlog import check_q, log_mean_exp, q_loss_of_log
 from rollout import SpecialTokens
@@ -123,7 +123,9 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
         model.gradient_checkpointing_enable()
     special = SpecialTokens.of(tokenizer, model.generation_config)
     print(f"model: {args.model} -> {describe(model)} on {args.device}; '</think>' is {len(special.close_ids)} token(s)")
-    generate, scoring = implementations(args, tokenizer, special, train_examples + val_examples)
+    buffer_shape = (decode_buffer_shape(args, tokenizer, special, train_examples + val_examples)
+                    if args.decode == "fast" else None)  # the fast decoder's buffers, sized once for the run
+    generate, scoring = implementations(args.decode, args.logprobs, buffer_shape)
     params = [p for p in model.parameters() if p.requires_grad]
     if args.optimizer == "adamw":
         optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
@@ -222,12 +224,6 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
     return out
 
 
-def verified(estimator: str) -> bool:
-    """Whether the estimator scores the model's own answers with a verifier (GRPO, MaxRL) instead of weighing
-    rationales by the gold answer's probability (GARL, PAFT, LaTRO, GRPO on the soft reward)."""
-    return estimator == "grpo" or estimator in VERIFIED
-
-
 def monitor(groups, q, log_w=None, reward=None, estimator="garl") -> dict:
     """What to watch (stable names, README "What a run writes"): rollout lengths, and w_bar / J_Q or the reward."""
     flat = [s for g in groups for s in g]
@@ -298,20 +294,20 @@ def summarize(args, first, last, best, base=None):
 
 
 # ------------------------------------------------------------------------------------------------ the two switches
-def implementations(args, tokenizer, special, examples):
-    """--decode and --logprobs, chosen here and only here: (generate, scoring).
+def implementations(decode: str = "generate", logprob: str = "plain", buffer_shape: tuple[int, int] | None = None):
+    """--decode generate|fast and --logprobs plain|fast, chosen here and only here: (generate, scoring).
 
     generate: rollout.generate (Hugging Face generate, the reference) or fast.decode.generate, the same
-    arguments and the same tokens; its kept buffers are sized once for the run's largest call. scoring: the
-    module logprobs (the reference) or fast.logprobs, each with sequence_logprobs and log_weights, the same
-    numbers. The reference never imports fast/: the caller chooses (tests/test_fast_*.py hold them equal).
+    arguments and the same tokens (its kept buffers reserved for buffer_shape). scoring: the module logprobs
+    (the reference) or fast.logprobs, each with sequence_logprobs and log_weights, the same numbers. The
+    reference never imports fast/: the caller chooses (tests/test_fast_*.py hold them equal).
     """
     generate = rollout.generate
-    if args.decode == "fast":
-        from fast import decode
-        generate = functools.partial(decode.generate, buffer_shape=decode_buffer_shape(args, tokenizer, special, examples))
+    if decode == "fast":
+        from fast import decode as fast_decode
+        generate = functools.partial(fast_decode.generate, buffer_shape=buffer_shape)
     scoring = logprobs
-    if args.logprobs == "fast":
+    if logprob == "fast":
         from fast import logprobs as scoring
     return generate, scoring
 

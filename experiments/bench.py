@@ -66,11 +66,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the library i
 import torch
 from transformers import Qwen3ForCausalLM
 
-import logprobs
 from fast import logprobs as fast_logprobs
 import rollout
 import train
-from fast import decode as fast_decode
 from fast.decode import decode_fast, release
 from garl import garl_coefficients
 from grpo import grpo_coefficients
@@ -239,8 +237,8 @@ def our_step(est, model, tok, tokens, optimizer, examples, prompts, args, mem):
     """One train.py step for estimator `est`, phase by phase, with train.py's own functions."""
     precision = "bf16" if args.device == "cuda" else "fp32"
     step = Step(mem)
+    generate, scoring = train.implementations(args.decode, args.logprobs)  # train.py's choice of paths
     with step.phase("generate"), train.precision_context(args.device, precision):
-        generate = fast_decode.generate if args.decode == "fast" else rollout.generate  # the same tokens
         groups = generate(model, prompts, args.M, tokens, args.think_budget, args.answer_tokens if est == "grpo" else None)
     if est == "grpo":
         reward = torch.tensor([[float(m % 2) for m in range(args.M)] for _ in groups])  # [B, M] synthetic
@@ -251,7 +249,6 @@ def our_step(est, model, tok, tokens, optimizer, examples, prompts, args, mem):
         with step.phase("weights"), train.precision_context(args.device, precision):
             train.attach_gold_answers(groups, examples, tok)
             flat = [s for g in groups for s in g]
-            scoring = fast_logprobs if args.logprobs == "fast" else logprobs  # the same numbers
             log_w = scoring.log_weights(model, flat, tokens, args.micro_batch)
             log_w = log_w.view(len(groups), args.M).double()  # [B, M]
             sync(args)
@@ -262,7 +259,6 @@ def our_step(est, model, tok, tokens, optimizer, examples, prompts, args, mem):
                 score_coef = path_coef = paft_coefficients(log_w, args.q)  # [B, M]
     with step.phase("gradient"):
         optimizer.zero_grad(set_to_none=True)
-        scoring = fast_logprobs if args.logprobs == "fast" else logprobs
         train.gradient_pass(model, groups, score_coef, path_coef, tokens, args.micro_batch, precision,
                             sequence_logprobs=scoring.sequence_logprobs)
         sync(args)

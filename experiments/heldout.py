@@ -151,7 +151,7 @@ def run_job(job: dict) -> dict:
     trace = [{"step": r["step"] + 1, "p@1": r["val/p@1"], "maj@n": r[f"val/maj@{n}"],
               "forced_frac": r["val/forced_frac"]} for r in rows if "val/p@1" in r]
     steps = [r for r in rows if r["step"] >= 0]  # the training steps (step -1: the base validation)
-    key = "reward_mean" if job["estimator"] in ("grpo", *related.VERIFIED) else "w_bar_mean"
+    key = "reward_mean" if related.verified(job["estimator"]) else "w_bar_mean"
     by_id = {ex["id"]: ex for ex in test}
     answers = {}
     for point in (trace[0], trace[-1]):
@@ -346,7 +346,7 @@ def gradient_scale(runs: list[dict], dirs: list[Path], n_params: int, steps: int
         if path is None:
             continue
         m = [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] >= 0][:steps]  # -1: no update
-        key = "reward_mean" if r["estimator"] in ("grpo", *related.VERIFIED) else "w_bar_mean"
+        key = "reward_mean" if related.verified(r["estimator"]) else "w_bar_mean"
         rows.append({"start": r["start"], "method": r["method"], "seed": r["seed"], key: [x[key] for x in m],
                      "rms": [x["grad_norm"] / n_params**0.5 for x in m]})
     order = [m[0] for m in METHODS + RELATED]

@@ -56,8 +56,6 @@ import rollout
 import train
 from experiments.bench import FILLER  # the same synthetic FinQA-like text
 from garl import garl_coefficients
-import logprobs
-from fast import decode as fast_decode, logprobs as fast_logprobs
 from prompts import gold_ids, prompt_ids
 
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TOP_PAD_": "0"}
@@ -225,13 +223,12 @@ def step(model, tok, tokens, optimizer, example, args, budget, meter=None):
     block = meter.phase if meter else (lambda: contextlib.nullcontext(SimpleNamespace()))
     prompts = [prompt_ids(tok, example, "finqa", "warm")]
     with block() as m, train.precision_context(args.device, args.precision):
-        generate = fast_decode.generate if args.decode == "fast" else rollout.generate  # the same tokens
+        generate, scoring = train.implementations(args.decode, args.logprobs)  # train.py's choice of paths
         groups = generate(model, prompts, args.M, tokens, budget)
     phases["generate"] = m
     flat = [s for g in groups for s in g]
     with block() as m, train.precision_context(args.device, args.precision):
         train.attach_gold_answers(groups, [example], tok)
-        scoring = fast_logprobs if args.logprobs == "fast" else logprobs  # the same numbers
         log_w = scoring.log_weights(model, flat, tokens, args.micro_batch)
         score_coef, path_coef = garl_coefficients(log_w.view(1, args.M).double(), 0.75)  # [1, M] each
     phases["weight pass"] = m

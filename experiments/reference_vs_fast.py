@@ -18,10 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the library i
 
 import torch
 
-import logprobs as plain_logprobs
-import rollout
 import train
-from fast import decode as fast_decode, logprobs as fast_logprobs
 from models import load_model
 from paft import paft_coefficients
 from rollout import SpecialTokens
@@ -31,8 +28,7 @@ def one_step(model, tok, tokens, args, examples, decode: str, logprobs: str) -> 
     """CPU seconds of the three phases of one PAFT step (train.py's own functions), from seed 0."""
     torch.manual_seed(0)
     seconds = {}
-    generate = fast_decode.generate if decode == "fast" else rollout.generate  # train.implementations' choice
-    scoring = fast_logprobs if logprobs == "fast" else plain_logprobs
+    generate, scoring = train.implementations(decode, logprobs)
     t = time.process_time()
     groups = train.rollouts(model, tok, examples, task=args.task, start=args.start, M=args.M, special=tokens,
                             think_budget=args.think_budget, generate=generate)

@@ -48,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # as a script from anywhere: the library is the top-level folder
 
-from related import VERIFIED  # noqa: E402  the estimators whose rollouts write their own answers (with GRPO)
+from related import verified  # noqa: E402  the estimators whose rollouts write their own answers
 
 FP32 = 4  # bytes of the master weights, their gradients and optimizer moments, and the residual stream
 DTYPE_BYTES = {"fp32": 4, "bf16": 2}  # compute dtype: bf16 autocast computes matmuls and attention in 2 bytes
@@ -831,7 +831,7 @@ def plan_run(args, examples) -> tuple[str, "Fit"]:
     think = args.think_budget + THINK_CLOSE_TOKENS
     plan = estimate(
         config, M=args.M, gen_questions=args.gen_batch or args.B, prompt_tokens=prompt,
-        max_new_tokens=think + (args.answer_budget if args.estimator in ("grpo", *VERIFIED) else 0),  # own answers
+        max_new_tokens=think + (args.answer_budget if verified(args.estimator) else 0),
         micro_batch=args.micro_batch,
         seq_tokens=prompt + think + args.answer_budget, grad_ckpt=args.grad_ckpt, precision=args.precision,
         optimizer=args.optimizer, device=args.device, val_questions=args.eval_batch, eval_n=args.eval_n,

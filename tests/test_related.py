@@ -252,8 +252,7 @@ def test_docstring_examples():
 
 def test_train_py_dispatches_each_name_to_its_estimator():
     """train.py --estimator NAME reaches related_coefficients(NAME, ...): each name gives its own function's
-    coefficients, and a verifier method (maxrl) is the one whose rollouts write answers (train.verified)."""
-    import train
+    coefficients, and the verifier methods (grpo, maxrl) are the ones whose rollouts write answers (verified)."""
     log_w = torch.tensor([[-1.0, -3.0, -2.0], [-0.5, -0.5, -4.0]], dtype=torch.float64)  # [B, M]
     reward = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]], dtype=torch.float64)  # [B, M]
     for name, expected in [("latro", related.latro_coefficients(log_w)),
@@ -261,7 +260,7 @@ def test_train_py_dispatches_each_name_to_its_estimator():
                            ("maxrl", related.maxrl_coefficients(reward))]:
         got = related.related_coefficients(name, log_w=log_w, reward=reward)
         assert all(torch.equal(a, b) for a, b in zip(got, expected)), name
-    assert [train.verified(n) for n in ("garl", "paft", "grpo", "latro", "maxrl", "grpo-soft")] == \
+    assert [related.verified(n) for n in ("garl", "paft", "grpo", "latro", "maxrl", "grpo-soft")] == \
         [False, False, True, False, True, False]
     with pytest.raises(ValueError, match="unknown related estimator"):
         related.related_coefficients("rlpr", log_w=log_w)

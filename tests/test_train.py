@@ -311,3 +311,15 @@ def test_the_reference_and_the_fast_paths_train_alike(tmp_path):
         assert ref["tokens_generated"] == fast["tokens_generated"] and ref["think_tokens_mean"] == fast["think_tokens_mean"]
         for key in ["w_bar_mean", "j_q", "loss", "grad_norm"]:
             assert fast[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-12), key
+
+
+def test_the_two_switches_pick_the_reference_or_its_fast_twin():
+    """train.implementations: --decode generate / --logprobs plain are rollout.generate and logprobs.py; fast picks
+    fast/decode.py's generate (with the run's buffer shape) and fast/logprobs.py."""
+    import logprobs
+    import rollout
+    from fast import decode as fast_decode, logprobs as fast_logprobs
+    assert train.implementations("generate", "plain") == (rollout.generate, logprobs)
+    generate, scoring = train.implementations("fast", "fast", (8, 64))
+    assert generate.func is fast_decode.generate and generate.keywords == {"buffer_shape": (8, 64)}
+    assert scoring is fast_logprobs
