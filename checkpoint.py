@@ -2,8 +2,8 @@
 
     start_run(out, config)                                      a new run directory: (start step 0, best -inf)
     save_checkpoint(out, name, model, tokenizer, state, link)   write out/checkpoints/<name>, repoint out/<link>
-    trainer_state(optimizer, batches, step, best, config)        what --resume needs besides the weights
-    resume(out, optimizer, batches)                             restore it: (start step, best so far)
+    trainer_state(optimizer, batches, step, best, config, rlpr)  what --resume needs besides the weights
+    resume(out, optimizer, batches, rlpr)                       restore it: (start step, best so far)
     resume_problem(out, config, may_change)                      why --resume cannot continue out (None: it can)
     rng_state() / set_rng_state(state)                           every random number generator a step uses
 
@@ -76,10 +76,14 @@ def start_run(out: Path, config: dict) -> tuple[int, float]:
     return 0, -math.inf
 
 
-def trainer_state(optimizer, batches, step: int, best: float, config: dict) -> dict:
-    """Everything but the weights that a resumed run needs to continue exactly where this one stops."""
-    return {"optimizer": optimizer.state_dict(), "data": batches.state_dict(), "rng": rng_state(),
-            "step": step, "best": best, "args": config}
+def trainer_state(optimizer, batches, step: int, best: float, config: dict, rlpr_threshold=None) -> dict:
+    """Everything but the weights that a resumed run needs to continue exactly where this one stops
+    (rlpr_threshold: an RLPR run's related.RLPRThreshold, its std filter's moving average)."""
+    state = {"optimizer": optimizer.state_dict(), "data": batches.state_dict(), "rng": rng_state(),
+             "step": step, "best": best, "args": config}
+    if rlpr_threshold is not None:
+        state["rlpr_threshold"] = rlpr_threshold.state_dict()
+    return state
 
 
 def resume_problem(out: Path, config: dict, may_change: set) -> str | None:
@@ -99,8 +103,9 @@ def resume_problem(out: Path, config: dict, may_change: set) -> str | None:
     return None
 
 
-def resume(out: Path, optimizer, batches) -> tuple[int, float]:
-    """Restore optimizer, data order and RNGs from out/latest (the model was loaded from it already).
+def resume(out: Path, optimizer, batches, rlpr_threshold=None) -> tuple[int, float]:
+    """Restore optimizer, data order and RNGs (and an RLPR run's threshold state) from out/latest (the model was
+    loaded from it already).
 
     Returns (start step, best maj@n). Lines of metrics.jsonl logged after that checkpoint (a run killed
     mid-step) are dropped: those steps will be redone, and draw the same random numbers again.
@@ -110,6 +115,8 @@ def resume(out: Path, optimizer, batches) -> tuple[int, float]:
     optimizer.load_state_dict(state["optimizer"])
     batches.load_state_dict(state["data"])
     set_rng_state(state["rng"])
+    if rlpr_threshold is not None:
+        rlpr_threshold.load_state_dict(state["rlpr_threshold"])
     lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
     (out / "metrics.jsonl").write_text("".join(l + "\n" for l in lines if json.loads(l)["step"] < state["step"]))
     print(f"resumed from {latest} at step {state['step']}")

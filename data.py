@@ -47,6 +47,9 @@ SPLITS = ("train", "val", "test")
 SAMPLES = Path(__file__).resolve().parent / "samples"  # 40 real dev rows of each task, shipped (SOURCES.md)
 SAMPLE_FILES = {"finqa": SAMPLES / "finqa_dev_sample.json", "hotpotqa": SAMPLES / "hotpotqa_dev_distractor_sample.json",
                 "musique": SAMPLES / "musique_ans_dev_sample.jsonl"}
+# Fictional one-hop questions in MuSiQue's format (experiments/synth_musique.py, SOURCES.md sections 4-5): 400 to
+# train on and 64 held out. No model can know their answers beforehand, so a rise on the held-out ones is learning.
+SYNTH_FILES = {"train": SAMPLES / "synth_musique_train.jsonl", "test": SAMPLES / "synth_musique_test.jsonl"}
 
 # Hub copies. Evidence for each schema is noted where it was checked.
 # FinQA: the official train/dev/test JSON files (78.2 / 11 / 14.4 MB, the sizes of czyssrs/FinQA's
@@ -370,6 +373,25 @@ def carve_paper_subset(examples: list[dict], task: str, split: str, seed: int = 
 
 
 # ------------------------------------------------------------------------------------------------ a run's questions
+def resolve_data(task: str, data: str, val_data: str | None = None) -> tuple[str, str | None]:
+    """train.py's --data keywords -> (training file or "hub", validation file or None); a path passes unchanged.
+
+    "sample": the shipped 40 real dev rows of the task (validation: --val-size of them, held out).
+    "synth": the shipped fictional questions (MuSiQue's format, so --task musique): training on
+    SYNTH_FILES["train"], validation on SYNTH_FILES["test"] unless --val-data says otherwise.
+    >>> [Path(f).name for f in resolve_data("musique", "synth")]
+    ['synth_musique_train.jsonl', 'synth_musique_test.jsonl']
+    """
+    if data == "sample":
+        return str(SAMPLE_FILES[task]), val_data
+    if data == "synth":
+        if task != "musique":
+            raise ValueError(f"--data synth: the fictional questions are in MuSiQue's format; pass --task musique "
+                             f"(got --task {task})")
+        return str(SYNTH_FILES["train"]), val_data or str(SYNTH_FILES["test"])
+    return data, val_data
+
+
 def load_train_val(task: str, data: str, val_data: str | None = None, val_size: int = 0, train_size: int = 0,
                    context_chars: int = 0, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """A training run's questions: (train, val), as train.py's --data, --val-data, --val-size,

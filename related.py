@@ -28,9 +28,10 @@ import torch
 
 from qlog import check_log_w
 
-# train.py --estimator NAME for the methods here that its weight pass serves (RLPR needs per-token probabilities
-# of y* and a forward without the rationale, which train.py does not compute yet).
-ESTIMATORS = ("latro", "maxrl", "grpo-soft")
+# train.py --estimator NAME for the methods here. RLPR's weight pass is its own: y*'s per-token log-probs after each
+# rationale and after an empty thinking block (answer_token_logprobs, train.rationale_free_samples), then
+# rlpr_coefficients with RLPRThreshold's std threshold.
+ESTIMATORS = ("latro", "maxrl", "grpo-soft", "rlpr")
 
 
 def verified(estimator: str) -> bool:
@@ -46,8 +47,9 @@ def verified(estimator: str) -> bool:
 
 def related_coefficients(name: str, log_w: torch.Tensor | None = None,
                          reward: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """train.py's step 3 for --estimator NAME in ESTIMATORS: log_w [B, M] (latro, grpo-soft) or the verifier's
-    reward [B, M] (maxrl) -> (score_coef, path_coef), each [B, M].
+    """train.py's step 3 for --estimator NAME in ESTIMATORS but rlpr: log_w [B, M] (latro, grpo-soft) or the
+    verifier's reward [B, M] (maxrl) -> (score_coef, path_coef), each [B, M]. (RLPR's inputs are per-token
+    log-probs and a threshold kept across steps: train.py calls rlpr_coefficients itself.)
 
     >>> related_coefficients("maxrl", reward=torch.tensor([[1.0, 0.0]]))[0]
     tensor([[ 0.5000, -0.5000]])
@@ -58,6 +60,9 @@ def related_coefficients(name: str, log_w: torch.Tensor | None = None,
         return grpo_soft_coefficients(log_w)
     if name == "maxrl":
         return maxrl_coefficients(reward)
+    if name == "rlpr":
+        raise ValueError("RLPR's reward needs y*'s per-token log-probs, not log_w: call rlpr_coefficients "
+                         "(train.py does, with RLPRThreshold's std threshold)")
     raise ValueError(f"unknown related estimator {name!r}; train.py serves {', '.join(ESTIMATORS)}")
 
 
@@ -277,8 +282,9 @@ def rlpr_coefficients(token_logp_y: torch.Tensor, y_mask: torch.Tensor,
     "developed based on OpenBMB/RLPR"). There r_base is computed once, before training, with the initial model,
     and the threshold is adaptive: beta x an exponential moving average (0.99) of the batches' mean group std,
     beta = 0.5, from step 11; filtered prompts are replaced by fresh ones. This function takes the threshold as
-    a number (the caller keeps the EMA); groups under it contribute zero instead of being replaced. Also in that
-    code and left out here: a format reward mixed in with weight 0.1, PPO clipping. eps = 1e-6 is verl's.
+    a number (the caller keeps the EMA: RLPRThreshold); groups under it contribute zero instead of being
+    replaced. Also in that code and left out here: a format reward mixed in with weight 0.1, PPO clipping.
+    eps = 1e-6 is verl's.
 
     Project choice, normalization: A_m / M on the rationale's sequence-level sum (GARL's contract). RLPR also
     trains the answer tokens the model wrote itself; this project's GARL rollouts stop at the thinking block
@@ -310,3 +316,69 @@ def rlpr_coefficients(token_logp_y: torch.Tensor, y_mask: torch.Tensor,
     score_coef = adv / M
     out_dtype = _out_dtype(token_logp_y)
     return score_coef.to(out_dtype), torch.zeros_like(score_coef).to(out_dtype)
+
+
+def rlpr_step(token_logp_y: torch.Tensor, y_mask: torch.Tensor, base_token_logp_y: torch.Tensor,
+              base_y_mask: torch.Tensor, threshold: "RLPRThreshold") -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """train.py's step 3 for RLPR: rlpr_coefficients with the run's adaptive threshold, and what to log.
+
+    Inputs as rlpr_rewards ([B, M, T] and [B, T'], train.rlpr_token_logprobs); threshold: the run's RLPRThreshold,
+    updated here with this batch's mean group std (its threshold comes from the batches before it).
+    Returns (score_coef, path_coef, stats): stats under stable names, rlpr/reward_mean (r_hat), rlpr/std_mean (the
+    mean over groups of r_hat's std), rlpr/threshold, rlpr/filtered_frac (groups under the threshold).
+    """
+    r_hat = rlpr_rewards(token_logp_y, y_mask, base_token_logp_y, base_y_mask)  # [B, M] clip(r - r_base, 0, 1)
+    r_std = r_hat.double().std(-1)  # [B] each group's reward std, the one rlpr_coefficients filters on
+    std_threshold = threshold.update(r_std.mean().item())  # set by the batches before this one
+    score_coef, path_coef = rlpr_coefficients(token_logp_y, y_mask, base_token_logp_y, base_y_mask,
+                                              std_threshold=std_threshold)  # [B, M] each
+    stats = {"rlpr/reward_mean": r_hat.mean().item(), "rlpr/std_mean": r_std.mean().item(),
+             "rlpr/threshold": std_threshold, "rlpr/filtered_frac": (r_std < std_threshold).double().mean().item()}
+    return score_coef, path_coef, stats
+
+
+class RLPRThreshold:
+    """RLPR's adaptive std threshold: the state rlpr_coefficients' caller keeps across steps (train.py: one per run).
+
+    From RLPR's released code (as seen in the fork named in rlpr_coefficients): with s_k the mean over batch k's
+    groups of their reward std (k = 1, 2, ... counts batches), the s_k of batches warmup .. start - 1 (6 .. 10) are
+    averaged, and from batch `start` on an exponential moving average follows them:
+
+        ema_k = decay ema_{k-1} + (1 - decay) s_k   (decay 0.99)
+        threshold_k = 0 for k < start (11),   beta ema_{k-1} from then on (beta 0.5)
+
+    A batch's threshold comes from the batches before it (that code sets it before the batch is generated).
+    update(s_k) returns batch k's threshold, then records s_k; state_dict / load_state_dict carry the state
+    across --resume.
+
+    Worked example, warmup 2, start 4, decay 0.5, beta 0.5, s = [0.9, 0.2, 0.4, 0.8, 0.4]: batch 1 is before the
+    window; batches 2-3 are averaged, ema = 0.3; batch 4's threshold is 0.5 x 0.3 = 0.15, then ema = 0.5 x 0.3 +
+    0.5 x 0.8 = 0.55; batch 5's threshold is 0.5 x 0.55 = 0.275.
+    >>> threshold = RLPRThreshold(beta=0.5, decay=0.5, warmup=2, start=4)
+    >>> [round(threshold.update(s), 4) for s in [0.9, 0.2, 0.4, 0.8, 0.4]]
+    [0.0, 0.0, 0.0, 0.15, 0.275]
+    """
+
+    def __init__(self, beta: float = 0.5, decay: float = 0.99, warmup: int = 6, start: int = 11):
+        if not 1 <= warmup < start:
+            raise ValueError(f"RLPRThreshold needs 1 <= warmup < start, got warmup {warmup}, start {start}")
+        self.beta, self.decay, self.warmup, self.start = beta, decay, warmup, start
+        self.batches = 0  # batches seen
+        self.ema = 0.0  # the mean of s over the window, then the moving average
+
+    def update(self, mean_std: float) -> float:
+        """Batch k's threshold (from batches 1 .. k-1), then record its mean group std s_k = mean_std."""
+        self.batches += 1
+        k = self.batches
+        threshold = self.beta * self.ema if k >= self.start else 0.0
+        if self.warmup <= k < self.start:  # the window's running mean: the moving average starts from it
+            self.ema += (mean_std - self.ema) / (k - self.warmup + 1)
+        elif k >= self.start:
+            self.ema = self.decay * self.ema + (1 - self.decay) * mean_std
+        return threshold
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches, "ema": self.ema}
+
+    def load_state_dict(self, state: dict):
+        self.batches, self.ema = state["batches"], state["ema"]

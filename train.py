@@ -7,6 +7,7 @@ One step, on-policy with one update per rollout batch (paper Sec. 6, Algorithms 
   1. rollouts    B questions x M rationales z ~ p(z|x), "</think>" forced at the thinking budget
   2. weights     GARL/PAFT: the gold answer y* teacher-forced after each rationale, scored: log w [B, M]
                  GRPO: the model writes its own answer; reward = exact match with the gold [B, M]
+                 RLPR: y* scored token by token, after each rationale and after an empty thinking block
   3. estimator   two coefficients per sequence: score_coef for its rationale tokens, path_coef for its
                  answer tokens (garl.py, paft.py, grpo.py)
   4. gradient    loss = -(1/B) sum over sequences of (score_coef logp_z + path_coef logp_y), accumulated
@@ -34,14 +35,14 @@ import logprobs
 import rewards
 import rollout
 from checkpoint import resume, resume_problem, save_checkpoint, start_run, trainer_state
-from data import SAMPLE_FILES, TASKS, Batches, load_train_val
+from data import TASKS, Batches, load_train_val, resolve_data
 from eval import EVAL_TEMPERATURE, EVAL_TOP_K, EVAL_TOP_P, evaluate, extracted_answers, validation_cost
 from garl import garl_coefficients, garl_stats
 from grpo import grpo_coefficients
 from models import ModelLoadError, describe, load_model
 from paft import paft_coefficients
 from presets import PAPER_THINK_BUDGETS, PRESETS, q_at
-from related import ESTIMATORS, related_coefficients, verified
+from related import ESTIMATORS, RLPRThreshold, related_coefficients, rlpr_step, verified
 from prompts import gold_ids, prompt_ids, user_message
 from qlog import check_q, log_mean_exp, q_loss_of_log
 from rollout import SpecialTokens
@@ -71,6 +72,35 @@ def attach_gold_answers(groups, examples, tokenizer):
         y = gold_ids(tokenizer, ex["answer"])
         for sample in group:
             sample.y_ids = y
+
+
+def rationale_free_samples(groups, special) -> list[rollout.Sample]:
+    """Step 2 of RLPR, for its baseline r_base: per question, the gold answer right after an empty thinking block,
+    prompt | "</think>" | y*, with y* as attach_gold_answers put it (call that first). One Sample per question.
+
+    Project choice: RLPR's r' scores the reference answer decoded "directly, without reasoning"; in a thinking
+    model's format that is an empty thinking block. The prompt opened it (prompts.py: "<think>\\n"), and
+    "</think>" goes in forced_ids, as in a rollout whose budget ran out: it counts in neither logp_z nor logp_y.
+    Another: r_base is scored with the current model, at every step, in the pass that scores the rollouts' y*
+    (RLPR's code scores it once, with the initial model: related.rlpr_coefficients).
+    """
+    return [rollout.Sample(prompt_ids=g[0].prompt_ids, z_ids=[], forced_ids=list(special.close_ids), y_ids=g[0].y_ids)
+            for g in groups]
+
+
+def rlpr_token_logprobs(model, groups, special, micro_batch, scoring=logprobs):
+    """Step 2 of RLPR: y*'s log-probs token by token, after every rationale and after none (call
+    attach_gold_answers first). scoring: logprobs or fast.logprobs (answer_token_logprobs, the same numbers).
+
+    Returns (token_logp [B, M, T], y_mask [B, M, T], base_token_logp [B, T'], base_mask [B, T']), fp64 log-probs,
+    zero-padded on the right: related.rlpr_step's inputs. token_logp's row sums are log w [B, M].
+    """
+    B, M = len(groups), len(groups[0])
+    flat = [s for g in groups for s in g]
+    token_logp, y_mask = scoring.answer_token_logprobs(model, flat, special, micro_batch)  # [B * M, T] each
+    base_logp, base_mask = scoring.answer_token_logprobs(model, rationale_free_samples(groups, special), special,
+                                                         micro_batch)  # [B, T'] each
+    return token_logp.view(B, M, -1).double(), y_mask.view(B, M, -1), base_logp.double(), base_mask
 
 
 def grpo_rewards(groups, examples, tokenizer) -> torch.Tensor:
@@ -132,7 +162,8 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
     else:
         optimizer = torch.optim.SGD(params, lr=args.lr)
     batches = Batches(train_examples, args.seed)
-    start_step, best = resume(out, optimizer, batches) if args.resume else start_run(out, vars(args))
+    rlpr_threshold = RLPRThreshold() if args.estimator == "rlpr" else None  # RLPR's std filter, adaptive across steps
+    start_step, best = resume(out, optimizer, batches, rlpr_threshold) if args.resume else start_run(out, vars(args))
     B, M = args.B, args.M
     first = last = None  # the first and the last step's statistics, for the summary at the end
     base = base_validation(out)  # the untrained model's validation, if this run already has it (--resume)
@@ -161,13 +192,18 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
                               generate=generate)  # groups[b][m]
 
         # 2. GARL/PAFT: the gold answer y* after every rationale, scored without gradient: log w [B, M]
+        #    RLPR: the same y*, token by token, and after no rationale (r_base); log w = the rows' sums
         #    GRPO: the answers the model wrote, scored by the verifier: reward [B, M]
         log_w = reward = None
         with timer("weights"), precision_context(args.device, args.precision):
             if not verified(args.estimator):
                 attach_gold_answers(groups, examples, tokenizer)
                 flat = [s for g in groups for s in g]
-                log_w = scoring.log_weights(model, flat, special, args.micro_batch)  # [B * M]
+                if args.estimator == "rlpr":  # y* token by token, after each rationale and after none
+                    rlpr_inputs = rlpr_token_logprobs(model, groups, special, args.micro_batch, scoring)
+                    log_w = rlpr_inputs[0].sum(-1)  # [B, M]: log_weights' log w, summed here
+                else:
+                    log_w = scoring.log_weights(model, flat, special, args.micro_batch)  # [B * M]
                 log_w = log_w.view(B, M).double()  # [B, M] log w_m = log p(y*|x, z_m)
             else:
                 reward = grpo_rewards(groups, examples, tokenizer)  # [B, M]
@@ -183,6 +219,9 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
             elif args.estimator == "grpo":  # A_m / (|o_m| M), the group-normalized advantage over the sequence's length
                 lengths = torch.tensor([[len(s.z_ids) + len(s.y_ids) for s in g] for g in groups])  # [B, M]
                 score_coef = path_coef = grpo_coefficients(reward, lengths)  # [B, M]
+            elif args.estimator == "rlpr":  # group-normalized r_hat on the rationale; low-std groups dropped
+                score_coef, path_coef, rlpr_stats = rlpr_step(*rlpr_inputs, rlpr_threshold)  # [B, M] each
+                stats.update(rlpr_stats)
             else:  # LaTRO, MaxRL, GRPO on the soft reward: the related methods, in the same two coefficients
                 score_coef, path_coef = related_coefficients(args.estimator, log_w, reward)  # [B, M] each
 
@@ -218,7 +257,7 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
 
         if args.checkpoints and (done or (args.save_every and (step + 1) % args.save_every == 0)):
             save_checkpoint(out, f"step-{step + 1:06d}", model, tokenizer,
-                            trainer_state(optimizer, batches, step + 1, best, vars(args)), "latest")
+                            trainer_state(optimizer, batches, step + 1, best, vars(args), rlpr_threshold), "latest")
     bar.close()
     summarize(args, first, last, best, base)
     return out
@@ -342,7 +381,8 @@ def parse_args(argv=None):
       help="the defaults of every flag marked [preset] (default: paper on CUDA, cpu otherwise)")
     # the method
     a("--estimator", choices=["garl", "paft", "grpo", *ESTIMATORS], default="garl",
-      help="gradient estimator: garl.py, paft.py, grpo.py, or a related method of related.py (latro, maxrl, grpo-soft)")
+      help="gradient estimator: garl.py, paft.py, grpo.py, or a related method of related.py (latro, maxrl, grpo-soft, "
+      "rlpr; rlpr's adaptive std threshold is saved with the checkpoints and restored by --resume)")
     a("--q", type=float, default=0.75,
       help="Tsallis q in [0, 1]: 0 = RLVR-like, 1 = marginal likelihood (ignored by grpo)")
     a("--q-schedule", choices=["constant", "switch", "linear"], default="constant",
@@ -359,7 +399,8 @@ def parse_args(argv=None):
     a("--start", choices=["warm", "cold"], default="warm",
       help="warm: instructions in the prompt; cold: the linearized input only (prompts.py)")
     a("--data", preset=True, help="training file in the dataset's original format, 'sample' (the shipped "
-      "samples/ file of --task) or 'hub' (the paper's train subset from the Hugging Face hub)")
+      "samples/ file of --task), 'synth' (the shipped fictional one-hop questions, --task musique, validated on "
+      "their held-out file) or 'hub' (the paper's train subset from the Hugging Face hub)")
     a("--val-data", default=None,
       help="validation file (default: the hub's val subset with --data hub, else --val-size rows held out of --data)")
     a("--val-size", type=int, preset=True, help="validation questions (0: the whole val subset)")
@@ -418,8 +459,10 @@ def parse_args(argv=None):
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.data == "sample":
-        args.data = str(SAMPLE_FILES[args.task])
+    try:  # 'sample' / 'synth': the shipped files ('synth' also names its held-out validation file)
+        args.data, args.val_data = resolve_data(args.task, args.data, args.val_data)
+    except ValueError as e:
+        p.error(str(e))
     if args.think_budget is None:
         args.think_budget = PAPER_THINK_BUDGETS[args.task]
     args.out = args.out or f"runs/{args.task}-{args.estimator}-q{args.q}-{args.start}"

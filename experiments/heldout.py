@@ -67,7 +67,7 @@ TEST_FILE = REPO / "samples" / "synth_musique_test.jsonl"
 METHODS = [("GRPO", "grpo", 0.0), ("GARL q=0", "garl", 0.0), ("GARL q=0.75", "garl", 0.75),
            ("PAFT q=0.75", "paft", 0.75), ("PAFT q=1", "paft", 1.0)]
 # The related methods (related.py, docs/related.md), run with --methods NAME,...; "all" is the five above.
-RELATED = [("LaTRO", "latro", 0.0), ("MaxRL", "maxrl", 0.0), ("GRPO-soft", "grpo-soft", 0.0)]
+RELATED = [("LaTRO", "latro", 0.0), ("MaxRL", "maxrl", 0.0), ("GRPO-soft", "grpo-soft", 0.0), ("RLPR", "rlpr", 0.0)]
 STARTS = ("cold", "warm")
 # The generator's settings for the shipped test file and the training questions (docs/heldout.md: the pilots
 # that chose them). Changing them changes the test file: tests/test_heldout.py checks it is reproducible.

@@ -2,10 +2,12 @@
 
     sequence_logprobs(model, samples, special, need_z=True, chunk_tokens=0, share_prompt=True)
     log_weights(model, samples, special, micro_batch, share_prompt=True)
+    answer_token_logprobs(model, samples, special, micro_batch, share_prompt=True)
     chunked_token_logprobs(hidden, targets, lm_head, banned=None, chunk_tokens=0, fp32=False)
 
 The same (logp_z, logp_y) as the plain logprobs.sequence_logprobs (to fp32 rounding; the same dtypes for
-the same tokens; tested in tests/test_fast_logprobs.py), without ever holding [N, T, V] logits. At the
+the same tokens; tested in tests/test_fast_logprobs.py), and the same log w and per-token answer log-probs
+as its log_weights and answer_token_logprobs, without ever holding [N, T, V] logits. At the
 paper's scale (Qwen3-0.6B, micro-batches of 4k-token sequences, bf16 autocast) the plain path would not
 fit. Three exact rewrites, each saying below what it saves:
     1. only z and y positions go through the output layer, a chunk of tokens at a time
@@ -22,7 +24,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from fast.decode import full_attention_only
-from logprobs import check_prompts
+from logprobs import check_prompts, pad_right
 from rollout import Sample, SpecialTokens
 
 
@@ -71,31 +73,53 @@ def log_weights(model, samples: list[Sample], special: SpecialTokens, micro_batc
     micro-batches of a's samples by length, say [a3 a1] [a2]; prompt b once, then [b1 b2]; log w [5]
     in the order a1 b1 a2 b2 a3.
     """
+    return torch.stack(_answer_pass(model, samples, special, micro_batch, share_prompt, per_token=False))  # [N]
+
+
+@torch.no_grad()
+def answer_token_logprobs(model, samples: list[Sample], special: SpecialTokens, micro_batch: int,
+                          share_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """logprobs.answer_token_logprobs's numbers: (token_logp [N, T], mask [N, T]), y's log-probs token by token.
+
+    log_weights' pass (share_prompt: each prompt once, then its samples by length), with the answer's
+    log-probs kept one per token instead of summed; zero-padded on the right, mask 1 on real tokens.
+    """
+    rows = _answer_pass(model, samples, special, micro_batch, share_prompt, per_token=True)  # [len(y_n)] each
+    return pad_right(rows)  # [N, T] each
+
+
+def _answer_pass(model, samples, special, micro_batch, share_prompt, per_token) -> list[torch.Tensor]:
+    """log_weights' loop (its docstring has an example): logp_y for each sample, in the samples' order, or with
+    per_token the answer's log-probs before they are summed, a [len(y_n)] tensor per sample."""
     check_prompts(samples)
-    if not (share_prompt and full_attention_only(model)):
-        parts = [_whole_sequence_logprobs(model, samples[i:i + micro_batch], special, False, 0)[1]
-                 for i in range(0, len(samples), micro_batch)]
-        return torch.cat(parts)
     out = [None] * len(samples)
+
+    def keep(idx, logp_y):  # logp_y [n] or, per_token, a list of n rows: one per sample of idx
+        for j, i in enumerate(idx):
+            out[i] = logp_y[j]
+
+    if not (share_prompt and full_attention_only(model)):
+        for k in range(0, len(samples), micro_batch):
+            idx = range(k, min(k + micro_batch, len(samples)))
+            keep(idx, _whole_sequence_logprobs(model, [samples[i] for i in idx], special, False, 0, per_token)[1])
+        return out
     for prompt, idx in _by_prompt(samples).items():
         prefix = _prefill(model, list(prompt))
         idx = sorted(idx, key=lambda i: -len(samples[i].ids))
         for k in range(0, len(idx), micro_batch):
             chunk = idx[k:k + micro_batch]
-            _, ly = _shared_logprobs(model, prefix, [samples[i] for i in chunk], special, False, 0)
-            for j, i in enumerate(chunk):
-                out[i] = ly[j]
-    return torch.stack(out)
+            keep(chunk, _shared_logprobs(model, prefix, [samples[i] for i in chunk], special, False, 0, per_token)[1])
+    return out
 
 
-def _whole_sequence_logprobs(model, samples, special, need_z, chunk_tokens):
+def _whole_sequence_logprobs(model, samples, special, need_z, chunk_tokens, per_token=False):
     """Every sequence whole (prompt included, right-padded) through the model, then rewrites 1 and 2."""
     device = next(model.parameters()).device
     T = max(len(s.ids) for s in samples)
     ids = torch.tensor([s.ids + [special.pad_id] * (T - len(s.ids)) for s in samples], device=device)  # [N, T]
     mask = torch.tensor([[1] * len(s.ids) + [0] * (T - len(s.ids)) for s in samples], device=device)  # [N, T]
     hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, T, H]
-    return _score(model, samples, hidden, 0, special, need_z, chunk_tokens)
+    return _score(model, samples, hidden, 0, special, need_z, chunk_tokens, per_token)
 
 
 # ---------------------------------------------------------- rewrite 1: only z and y positions, in chunks
@@ -103,11 +127,13 @@ def _whole_sequence_logprobs(model, samples, special, need_z, chunk_tokens):
 # rationale), and memory: logits are never [N, T, V] (at Qwen3's vocabulary a micro-batch of eight
 # 4k-token sequences would hold 20 GB of fp32 logits), one chunk of [c, V] at a time.
 def _score(model, samples: list[Sample], hidden: torch.Tensor, first: int, special: SpecialTokens, need_z: bool,
-           chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+           chunk_tokens: int, per_token: bool = False) -> tuple[torch.Tensor, torch.Tensor | list[torch.Tensor]]:
     """(logp_z, logp_y) [n] from hidden states [n, L, H] whose column j is sequence position first + j.
 
     Token t is predicted by the hidden state at t-1: gather (row, column) for every z and y token,
     and send only those through the output layer: z's in the compute dtype with EOS banned, y's in fp32.
+    per_token: logp_y is the answers' log-probs before they are summed, one [len(y_n)] tensor per sample
+    (RLPR's reward needs them one by one).
     """
     device = hidden.device
     z_rows, z_cols, z_tgt, y_rows, y_cols, y_tgt = [], [], [], [], [], []
@@ -124,12 +150,16 @@ def _score(model, samples: list[Sample], hidden: torch.Tensor, first: int, speci
     lm_head = model.get_output_embeddings()
     eos = torch.tensor(special.eos_ids, device=device)
     out = []
-    for rows, cols, tgt, banned, fp32 in [(z_rows, z_cols, z_tgt, eos, False), (y_rows, y_cols, y_tgt, None, True)]:
+    for rows, cols, tgt, banned, fp32, by_token in [(z_rows, z_cols, z_tgt, eos, False, False),
+                                                    (y_rows, y_cols, y_tgt, None, True, per_token)]:
         rows = torch.tensor(rows, device=device, dtype=torch.long)
         cols = torch.tensor(cols, device=device, dtype=torch.long)
         tgt = torch.tensor(tgt, device=device, dtype=torch.long)
         lp = chunked_token_logprobs(hidden[rows, cols], tgt, lm_head, banned, chunk_tokens, fp32)  # [n_tokens]
-        out.append(torch.zeros(len(samples), device=device, dtype=lp.dtype).index_add(0, rows, lp))  # [n]
+        if by_token:  # y's log-probs kept one by one: split back into samples (gathered sample by sample, in order)
+            out.append(list(lp.split([len(s.y_ids) for s in samples])))  # [len(y_n)] each
+        else:
+            out.append(torch.zeros(len(samples), device=device, dtype=lp.dtype).index_add(0, rows, lp))  # [n]
     return out[0], out[1]
 
 
@@ -303,7 +333,7 @@ def _prefill(model, prompt_ids: list[int]) -> tuple[torch.Tensor, list[tuple[tor
     return hidden[:, -1:], [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def _shared_logprobs(model, prefix, samples, special, need_z, chunk_tokens):
+def _shared_logprobs(model, prefix, samples, special, need_z, chunk_tokens, per_token=False):
     """(logp_z, logp_y) for samples that share one prompt, given that prompt's _prefill."""
     last_hidden, kv = prefix  # [1, 1, H], per layer ([1, Hkv, P, D], [1, Hkv, P, D])
     device = last_hidden.device
@@ -321,7 +351,7 @@ def _shared_logprobs(model, prefix, samples, special, need_z, chunk_tokens):
         out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                                use_cache=False).last_hidden_state  # [n, C, H]
         hidden = torch.cat([hidden, out], 1)  # [n, 1+C, H]: column j is sequence position P-1+j
-    return _score(model, samples, hidden, P - 1, special, need_z, chunk_tokens)
+    return _score(model, samples, hidden, P - 1, special, need_z, chunk_tokens, per_token)
 
 
 def _by_prompt(samples: list[Sample]) -> dict[tuple, list[int]]:

@@ -1,4 +1,5 @@
-"""Train with GARL or PAFT through TRL's GRPOTrainer (trl_garl.py): one GPU, many GPUs, vLLM rollouts.
+"""Train with GARL or PAFT (or LaTRO, GRPO-soft) through TRL's GRPOTrainer (trl_garl.py): one GPU, many GPUs,
+vLLM rollouts.
 
     python scale/train_trl.py --estimator paft --q 0.75 --task hotpotqa                    # one GPU, the paper's setup
     accelerate launch --config_file scale/deepspeed_zero3.yaml scale/train_trl.py --estimator garl --q 0.75
@@ -25,12 +26,12 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from data import SAMPLE_FILES, TASKS, load_train_val
+from data import TASKS, load_train_val, resolve_data
 import models
 from models import ModelLoadError, describe, load_model
 from prompts import build_prompt
 from presets import PAPER_THINK_BUDGETS, PRESETS
-from scale.trl_garl import GARLConfig, GARLTrainer
+from scale.trl_garl import ESTIMATORS, GARLConfig, GARLTrainer
 
 
 def parse_args(argv=None):
@@ -38,8 +39,11 @@ def parse_args(argv=None):
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), default=None,
       help="train.py's defaults for every flag left unset (default: paper on CUDA, cpu otherwise)")
-    a("--estimator", choices=["garl", "paft"], default="garl", help="gradient estimator (garl.py, paft.py)")
-    a("--q", type=float, default=0.75, help="Tsallis q in [0, 1]: 0 = RLVR-like, 1 = marginal likelihood")
+    a("--estimator", choices=ESTIMATORS, default="garl",
+      help="gradient estimator: garl.py, paft.py, or a related method of related.py that is a function of log w "
+      "(latro, grpo-soft); VeriFree is garl with --q 0. Not served: grpo, maxrl, rlpr (docs/trl.md says why)")
+    a("--q", type=float, default=0.75, help="Tsallis q in [0, 1]: 0 = RLVR-like, 1 = marginal likelihood "
+      "(latro and grpo-soft do not use it; it still sets the logged j_q)")
     a("--q-schedule", choices=["constant", "switch", "linear"], default="constant",
       help="constant q; 'switch': --q for --q-steps steps, then --q-final; 'linear': a ramp from --q to --q-final")
     a("--q-final", type=float, default=0.0, help="q after the switch, or at the end of the linear ramp")
@@ -49,8 +53,8 @@ def parse_args(argv=None):
     a("--start", choices=["warm", "cold"], default="warm", help="warm: instructions in the prompt; cold: the "
       "linearized input only (prompts.py)")
     a("--model", default=None, help="hub id, local checkpoint, 'smollm2' or 'tiny' (default as in train.py)")
-    a("--data", default=None, help="training file in the dataset's original format, 'sample' or 'hub' (default as "
-      "in train.py)")
+    a("--data", default=None, help="training file in the dataset's original format, 'sample', 'synth' or 'hub' "
+      "(default as in train.py)")
     a("--val-size", type=int, default=None, help="questions of --data held out as train.py holds them out (its "
       "validation set), so that both train on the same questions (default as in train.py)")
     a("--train-size", type=int, default=None, help="train on the first N training questions only (0: all; default "
@@ -89,11 +93,12 @@ def parse_args(argv=None):
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key, "absent") is None:
             setattr(args, key, value)
-    if args.data == "sample":
-        args.data = str(SAMPLE_FILES[args.task])
+    try:  # 'sample' / 'synth' -> the shipped files; 'synth' validates on its held-out file, as train.py does
+        args.data, args.val_data = resolve_data(args.task, args.data)
+    except ValueError as e:
+        p.error(str(e))
     if args.think_budget is None:
         args.think_budget = PAPER_THINK_BUDGETS[args.task]
-    args.val_data = None  # load_train_val's other validation source, unused here
     args.out = args.out or f"runs/trl-{args.task}-{args.estimator}-q{args.q}-{args.start}"
     args.world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
     check_args(p, args)

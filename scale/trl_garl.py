@@ -1,4 +1,5 @@
-"""GARL and PAFT inside TRL's GRPOTrainer: many GPUs (accelerate, DeepSpeed, FSDP) and vLLM rollouts.
+"""GARL and PAFT (and LaTRO, GRPO-soft) inside TRL's GRPOTrainer: many GPUs (accelerate, DeepSpeed, FSDP) and
+vLLM rollouts.
 
     config = GARLConfig(output_dir="runs/x", estimator="garl", q=0.75, num_generations=32,
                         max_completion_length=2944, per_device_train_batch_size=4, gradient_accumulation_steps=8)
@@ -16,7 +17,10 @@ garl.py and paft.py unchanged. One optimizer step is exactly one step of train.p
                 teacher-forced: log w = log p(y*|x, z_m), summed over y*'s tokens, without gradient.
   3. estimator  log w is GATHERED from every process into the step's global [B, M] tensor, and
                 garl_coefficients / paft_coefficients run on it (the same numbers on every process; PAFT's
-                resampling uses a generator seeded by the step). Each process keeps its rows.
+                resampling uses a generator seeded by the step). Each process keeps its rows. The related
+                methods that are functions of log w alone run here too (related.related_coefficients: LaTRO,
+                GRPO-soft; VeriFree is estimator="garl", q=0); those that need other inputs are refused
+                (NOT_SERVED).
   4. gradient   per-token coefficients: score_coef on rationale tokens, path_coef on answer tokens, 0 on
                 forced tokens and padding; the loss of a micro-batch is
                     -(num_processes / B) * sum over its rows and tokens of coef * log p(token),
@@ -55,9 +59,22 @@ from paft import paft_coefficients
 from prompts import THINK_OPEN, gold_ids
 from presets import q_at
 from qlog import check_q, log_mean_exp, q_loss_of_log
+from related import related_coefficients
 from rollout import Sample, SpecialTokens, generate
 
-ESTIMATORS = ("garl", "paft")
+# What step 3 can run: a function of the step's log w [B, M] (and q), the only thing the weight pass computes.
+ESTIMATORS = ("garl", "paft", "latro", "grpo-soft")
+# train.py's other estimators, and why this trainer cannot serve them (the reason GARLConfig gives).
+_OWN_ANSWERS = ("scores the model's own answers with a verifier, and GARLTrainer samples no answers (it "
+                "teacher-forces the gold one)")
+NOT_SERVED = {
+    "grpo": f"GRPO {_OWN_ANSWERS}: use TRL's own GRPOTrainer, or train.py --estimator grpo",
+    "maxrl": f"MaxRL {_OWN_ANSWERS}: use TRL's GRPOTrainer with the verifier as reward function and MaxRL's advantage "
+             "(r - r_bar) / r_bar in place of GRPO's (related.maxrl_coefficients), or train.py --estimator maxrl",
+    "rlpr": "RLPR's reward needs the per-token probabilities of y* and a second pass without the rationale, and "
+            "GARLTrainer's weight pass computes only log w (summed over y*'s tokens, after the rationale): use "
+            "train.py --estimator rlpr",
+}
 Q_SCHEDULES = ("constant", "switch", "linear")
 # Tokens per chunk of TRL's log-prob kernel: at Qwen3's 151,936-token vocabulary one chunk of bf16 logits
 # is 4096 x 32768 x 2 bytes = 256 MB (the kernel's own default, trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE).
@@ -73,8 +90,13 @@ class GARLConfig(GRPOConfig):
     `max_completion_length` is the THINKING BUDGET (train.py's --think-budget): the rationale tokens sampled
     before "</think>" is forced. The gold answer is appended after the rationale, outside that budget.
     """
-    estimator: str = field(default="garl", metadata={"help": "'garl' (Algorithm 1) or 'paft' (Algorithm 2)"})
-    q: float = field(default=0.75, metadata={"help": "Tsallis q in [0, 1]: 0 = RLVR-like, 1 = marginal likelihood"})
+    estimator: str = field(default="garl", metadata={
+        "help": "'garl' (Algorithm 1), 'paft' (Algorithm 2), or a related method of related.py that is a function "
+                "of log w alone: 'latro' (LaTRO without its KL term), 'grpo-soft' (GRPO on the reward w). "
+                "VeriFree is 'garl' with q=0; 'grpo', 'maxrl' and 'rlpr' are refused (NOT_SERVED says why)"})
+    q: float = field(default=0.75, metadata={
+        "help": "Tsallis q in [0, 1]: 0 = RLVR-like, 1 = marginal likelihood. latro and grpo-soft do not use it "
+                "(their coefficients have no q); it still sets the J_Q loss logged as j_q"})
     q_schedule: str = field(default="constant", metadata={
         "help": "constant q; 'switch': q for q_steps steps, then q_final; 'linear': a ramp from q to q_final "
                 "over q_steps steps (train.py's --q-schedule)"})
@@ -99,6 +121,8 @@ class GARLConfig(GRPOConfig):
         def refuse(name, needed, why):
             raise ValueError(f"GARLConfig.{name}={getattr(self, name)!r}: {why}; set {name}={needed!r}")
 
+        if self.estimator in NOT_SERVED:
+            refuse("estimator", "garl", NOT_SERVED[self.estimator])
         if self.estimator not in ESTIMATORS:
             refuse("estimator", "garl", f"the estimator must be one of {ESTIMATORS}")
         for name in ["q", "q_final"]:
@@ -112,6 +136,8 @@ class GARLConfig(GRPOConfig):
             refuse("q_steps", 50, "a switch or ramp needs q_steps >= 1")
         if self.paft_k is not None and self.paft_k < 1:
             refuse("paft_k", None, "PAFT resamples K >= 1 indices (None: K = M)")
+        if self.paft_k is not None and self.estimator != "paft":
+            refuse("paft_k", None, "only PAFT resamples rationales")
         if self.no_pathwise and self.estimator != "garl":
             refuse("no_pathwise", False, "only GARL has a pathwise term to drop")
         if self.max_completion_length is None or self.max_completion_length < 1:
@@ -336,7 +362,7 @@ def _never_called_reward(*args, **kwargs):
 
 # ------------------------------------------------------------------------------------------------ the trainer
 class GARLTrainer(GRPOTrainer):
-    """GRPOTrainer running GARL (Algorithm 1) or PAFT (Algorithm 2); see the module docstring.
+    """GRPOTrainer running GARL (Algorithm 1), PAFT (Algorithm 2), LaTRO or GRPO-soft; see the module docstring.
 
     train_dataset needs a "prompt" column (text ending in the opened thinking block, as prompts.build_prompt
     writes it, or a conversation, to which the chat template and "<think>\\n" are applied) and the gold answer
@@ -456,16 +482,18 @@ class GARLTrainer(GRPOTrainer):
             raise RuntimeError(f"the step's rows are not groups of num_generations={M} rows of one question each: "
                                "GARLTrainer needs TRL's RepeatSampler (a custom sampler or dataloader breaks it)")
         log_w_bm = all_log_w.view(-1, M).cpu()  # [B, M]; CPU fp64: the same numbers on every process
-        q = self.current_q()
-        if self.args.estimator == "garl":
+        q, estimator = self.current_q(), self.args.estimator
+        if estimator == "garl":
             score_coef, path_coef = garl_coefficients(log_w_bm, q)  # [B, M] each
             if self.args.no_pathwise:
                 path_coef = torch.zeros_like(path_coef)
-        else:  # PAFT: the same coefficient on z and y tokens, SFT on the resampled rationales + gold answer
+        elif estimator == "paft":  # one coefficient on z and y tokens: SFT on the resampled rationales + gold answer
             score_coef = path_coef = paft_coefficients(log_w_bm, q, k=self.args.paft_k,
                                                        generator=self.paft_generator(self.state.global_step))
+        else:  # LaTRO, GRPO-soft: related.py's coefficients, functions of log w alone (no q), as in train.py
+            score_coef, path_coef = related_coefficients(estimator, log_w_bm)  # [B, M] each
         stats = garl_stats(log_w_bm, q)  # w_bar mean/min/max and GARL's max amplified advantage
-        if self.args.estimator == "paft":
+        if estimator != "garl":
             del stats["max_amplified_advantage"]  # a GARL quantity (as in train.py)
         stats["j_q"] = q_loss_of_log(log_mean_exp(log_w_bm), q).mean().item()  # the J_Q loss, estimated
         stats["q"] = q

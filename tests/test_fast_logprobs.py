@@ -2,6 +2,7 @@
 
     fast = plain    sequence_logprobs (prompt shared or not; gradient checkpointing off, non-reentrant,
                     reentrant) and log_weights equal the plain path: values and parameter gradients
+    per token       answer_token_logprobs equals the plain one (answers of different lengths, two prompts)
     prompt once     the shared path runs each prompt through the model once (what reaches the embedding)
     chunked         chunked log-probs (values and gradients) equal the full-vocabulary ones; fp32=True
                     under bf16 autocast is the fp32 output layer
@@ -22,12 +23,13 @@ import torch.nn.functional as F
 import logprobs
 import models
 from fast import logprobs as fast_logprobs
-from fast.logprobs import chunked_token_logprobs, log_weights, sequence_logprobs
+from fast.logprobs import answer_token_logprobs, chunked_token_logprobs, log_weights, sequence_logprobs
 from paft import paft_coefficients, paft_resample
 from prompts import gold_ids, prompt_ids
 from rollout import Sample, SpecialTokens
 # The plain path's tests' helpers and fixtures (one torch thread; the tiny model), shared.
-from test_logprobs import EXAMPLE, bf16_scored_answers, one_thread, output_layer_only_model, rollouts, tiny  # noqa: F401
+from test_logprobs import (EXAMPLE, answers_of_different_lengths, bf16_scored_answers, one_thread,  # noqa: F401
+                           output_layer_only_model, rollouts, tiny)
 
 
 def with_grads(model, fn, autocast=False, checkpointing=None):
@@ -82,6 +84,19 @@ def test_weight_pass_equals_the_plain_path_in_the_samples_order(tiny, share_prom
         log_w = log_weights(model, samples, tokens, micro_batch, share_prompt=share_prompt)
         assert not log_w.requires_grad
         torch.testing.assert_close(log_w, plain, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_answer_token_logprobs_equal_the_plain_path(tiny, share_prompt):
+    """RLPR's weight pass: y's log-probs token by token, zero-padded, in the samples' order, as the plain path."""
+    model, tok = tiny
+    tokens = SpecialTokens.of(tok)
+    samples = answers_of_different_lengths(model, tok)  # two prompts interleaved, answers of four lengths
+    plain, plain_mask = logprobs.answer_token_logprobs(model, samples, tokens, micro_batch=8)
+    for micro_batch in [1, 3, 8]:
+        token_logp, mask = answer_token_logprobs(model, samples, tokens, micro_batch, share_prompt=share_prompt)
+        assert not token_logp.requires_grad and torch.equal(mask, plain_mask)
+        torch.testing.assert_close(token_logp, plain, atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------------ prompt once

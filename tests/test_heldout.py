@@ -75,6 +75,10 @@ def test_the_shipped_test_file_is_the_generators_test_split(tmp_path):
     train = data.load_examples("musique", path=paths["train"])
     assert len(test) == heldout.GENERATOR["test"]
     assert not {(e["question"], e["context"]) for e in test} & {(e["question"], e["context"]) for e in train}
+    # the CPU preset's training file (train.py --data synth) is the first 400 rows of the same train split
+    shipped = data.SYNTH_FILES["train"].read_text().splitlines(keepends=True)
+    assert len(shipped) == 400 and shipped == paths["train"].read_text().splitlines(keepends=True)[:400]
+    assert data.SYNTH_FILES["test"] == heldout.TEST_FILE
 
 
 def test_bad_flags_fail_with_the_flag_named():

@@ -3,6 +3,7 @@ tests/test_fast_logprobs.py).
 
     by hand         sequence_logprobs equals a hand-computed per-token sum
     weight pass     log_weights is logp_y, in micro-batches, in the samples' order, without gradient
+    per token       answer_token_logprobs is logp_y token by token (by hand), zero-padded; its rows sum to log w
     fp32 answers    under bf16 autocast the answer tokens go through the output layer in fp32; the
                     rationale stays in bf16
     edge cases      empty z, empty y, nothing after the prompt, an empty prompt
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the library, 
 
 import logprobs
 import models
-from logprobs import log_weights, sequence_logprobs
+from logprobs import answer_token_logprobs, log_weights, sequence_logprobs
 from prompts import gold_ids, prompt_ids
 from rollout import Sample, SpecialTokens, generate
 
@@ -56,6 +57,14 @@ def rollouts(model, tok, M=3, budget=12, seed=0):
     samples[1].y_ids = []
     samples[2].z_ids, samples[2].forced_ids = [], []
     return samples
+
+
+def answers_of_different_lengths(model, tok):
+    """rollouts(M=4) with answers of four lengths (one empty), the two prompts' samples interleaved."""
+    samples = rollouts(model, tok, M=4)
+    samples[3].y_ids = gold_ids(tok, "R")
+    samples[5].y_ids = gold_ids(tok, "Rush, a Canadian band")
+    return samples[::2] + samples[1::2]
 
 
 # ------------------------------------------------------------------------------------------------ by hand
@@ -92,6 +101,30 @@ def test_weight_pass_is_logp_y_in_micro_batches_in_the_samples_order(tiny):
         log_w = log_weights(model, samples, tokens, micro_batch)
         assert not log_w.requires_grad
         torch.testing.assert_close(log_w, logp_y, atol=1e-5, rtol=0)  # padding changes no real token
+
+
+def test_answer_token_logprobs_are_logp_y_token_by_token(tiny):
+    """Row n holds sample n's answer tokens' log-probs (computed by hand), zero-padded on the right, mask 1 on them;
+    the rows sum to log_weights' log w (the same micro-batches, so the same numbers, summed in another order)."""
+    model, tok = tiny
+    tokens = SpecialTokens.of(tok)
+    samples = answers_of_different_lengths(model, tok)
+    lengths = [len(s.y_ids) for s in samples]
+    T = max(lengths)
+    assert len(set(lengths)) == 4 and 0 in lengths
+    for micro_batch in [1, 3, 8]:
+        token_logp, mask = answer_token_logprobs(model, samples, tokens, micro_batch)
+        assert token_logp.shape == mask.shape == (len(samples), T) and not token_logp.requires_grad
+        assert mask.tolist() == [[1] * n + [0] * (T - n) for n in lengths]
+        assert (token_logp[mask == 0] == 0).all() and (token_logp[mask == 1] < 0).all()
+        log_w = log_weights(model, samples, tokens, micro_batch)  # [N]
+        torch.testing.assert_close(token_logp.sum(1), log_w, atol=1e-6, rtol=1e-6)  # to fp32 rounding (sums to -133)
+    for n, s in enumerate(samples):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([s.ids])).logits[0].double()  # [T, V], one unpadded sequence
+        y0 = len(s.ids) - len(s.y_ids)  # y is last: prompt | z | forced | y
+        hand = [torch.log_softmax(logits[t - 1], -1)[s.ids[t]].item() for t in range(y0, len(s.ids))]
+        assert token_logp[n, :len(hand)].tolist() == pytest.approx(hand, abs=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ fp32 answers

@@ -229,6 +229,26 @@ def test_rlpr_bad_shapes():
         rlpr_coefficients(lp[:, :1], mask[:, :1], base, base_mask)
 
 
+def test_rlpr_threshold_worked_example_and_resume():
+    """RLPR's defaults (beta 0.5, decay 0.99, window 6-10, filter from batch 11), by hand. Batches 1-5 are not
+    recorded; batches 6-10's mean stds [0.1 .. 0.5] average to 0.3; batch 11's threshold is 0.5 x 0.3 = 0.15 (from
+    the batches before it: its own 0.9 does not count), then ema = 0.99 x 0.3 + 0.01 x 0.9 = 0.306; batch 12's
+    threshold is 0.153, then ema = 0.99 x 0.306 + 0.01 x 0.1 = 0.30394; batch 13's is 0.15197."""
+    stds = [1.0] * 5 + [0.1, 0.2, 0.3, 0.4, 0.5] + [0.9, 0.1, 0.7]
+    threshold = related.RLPRThreshold()
+    got = [threshold.update(s) for s in stds]
+    assert got[:10] == [0.0] * 10
+    assert got[10:] == pytest.approx([0.15, 0.153, 0.15197], abs=1e-12)
+    again = related.RLPRThreshold()  # --resume after batch 11: the state carries the moving average over
+    for s in stds[:11]:
+        again.update(s)
+    resumed = related.RLPRThreshold()
+    resumed.load_state_dict(again.state_dict())
+    assert [resumed.update(s) for s in stds[11:]] == got[11:]
+    with pytest.raises(ValueError, match="warmup < start"):
+        related.RLPRThreshold(warmup=11, start=11)
+
+
 # ----------------------------------------------------------------------------- all of them
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -262,5 +282,7 @@ def test_train_py_dispatches_each_name_to_its_estimator():
         assert all(torch.equal(a, b) for a, b in zip(got, expected)), name
     assert [related.verified(n) for n in ("garl", "paft", "grpo", "latro", "maxrl", "grpo-soft")] == \
         [False, False, True, False, True, False]
-    with pytest.raises(ValueError, match="unknown related estimator"):
+    with pytest.raises(ValueError, match="call rlpr_coefficients"):  # RLPR takes per-token log-probs, not log w
         related.related_coefficients("rlpr", log_w=log_w)
+    with pytest.raises(ValueError, match="unknown related estimator"):
+        related.related_coefficients("ppo", log_w=log_w)

@@ -6,9 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import data
 import eval as evaluator
+import logprobs
 import models
 import presets
+import related
 import train
 from garl import garl_coefficients, garl_loss
 from logprobs import log_weights, sequence_logprobs
@@ -40,7 +43,7 @@ def two_questions_rolled_out(seed, M=3, think_budget=5):
     return model, tokens, groups
 
 
-@pytest.mark.parametrize("estimator", ["garl", "paft", "grpo", "latro", "maxrl", "grpo-soft"])
+@pytest.mark.parametrize("estimator", ["garl", "paft", "grpo", *related.ESTIMATORS])
 def test_a_few_steps_of_each_estimator(tmp_path, capsys, estimator):
     out, lines = run(tmp_path, "--estimator", estimator, "--steps", "2")
     said = [l for l in capsys.readouterr().out.splitlines() if l.startswith("held-out p@1 ")]
@@ -65,6 +68,8 @@ def test_a_few_steps_of_each_estimator(tmp_path, capsys, estimator):
             assert 0.0 <= line["w_bar_min"] <= line["w_bar_mean"] <= line["w_bar_max"] <= 1.0
         assert all(v == v for v in line.values() if isinstance(v, float))  # no NaN anywhere
     assert ("max_amplified_advantage" in lines[0]) == (estimator == "garl")
+    rlpr = {"rlpr/reward_mean", "rlpr/std_mean", "rlpr/threshold", "rlpr/filtered_frac"}
+    assert all((rlpr <= line.keys()) == (estimator == "rlpr") for line in lines)
     assert {"val/p@1", "val/p@2", "val/maj@2"} <= lines[-1].keys()  # validated after the last step
     for link in ["latest", "best"]:
         assert (out / link).is_symlink() and (out / link / "config.json").exists()
@@ -80,6 +85,68 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     def training_numbers(line):  # timings differ from run to run; validation ran at step 1 only in the split run
         return {k: v for k, v in line.items() if not k.startswith(("time_", "val/"))}
 
+    assert [training_numbers(line) for line in resumed] == [training_numbers(line) for line in straight]
+
+
+def rlpr_threshold_from_step_2(monkeypatch):
+    """train.py's RLPRThreshold with its moving average from step 1 and its filter from step 2 (RLPR's: 6 and 11),
+    so that a few steps of a tiny run filter: step 2's threshold is step 1's mean group std (beta 1)."""
+    monkeypatch.setattr(train, "RLPRThreshold", lambda: related.RLPRThreshold(beta=1.0, warmup=1, start=2))
+
+
+@pytest.mark.parametrize("scoring", ["plain", "fast"])
+def test_an_rlpr_step_is_rlpr_coefficients_of_the_answer_token_logprobs(tmp_path, monkeypatch, scoring):
+    """Each rlpr step's coefficients are rlpr_coefficients of logprobs.answer_token_logprobs on that step's rollouts
+    and on rationale-free samples built here (prompt | "</think>" | y*, no rationale), with the threshold of the
+    steps before; its logged w_bar is log_weights' (log w = the rows' sums). Checked inside gradient_pass, which
+    sees the model the weight pass scored with. --logprobs fast is held to the plain definition too."""
+    rlpr_threshold_from_step_2(monkeypatch)
+    close_ids = SpecialTokens.of(models.build_tiny_tokenizer()).close_ids
+    seen = []
+    gradient_pass = train.gradient_pass
+
+    def checked(model, groups, score_coef, path_coef, special, micro_batch, *args, **kwargs):
+        B, M = len(groups), len(groups[0])
+        flat = [s for g in groups for s in g]
+        bare = [Sample(g[0].prompt_ids, [], list(close_ids), g[0].y_ids) for g in groups]  # no rationale
+        token_logp, mask = logprobs.answer_token_logprobs(model, flat, special, micro_batch)  # [B * M, T]
+        inputs = (token_logp.view(B, M, -1).double(), mask.view(B, M, -1),
+                  *logprobs.answer_token_logprobs(model, bare, special, micro_batch))
+        seen.append({"score_coef": score_coef, "path_coef": path_coef, "inputs": inputs,
+                     "std_mean": related.rlpr_rewards(*inputs).std(-1).mean().item(),
+                     "w_bar": log_weights(model, flat, special, micro_batch).view(B, M).double().exp().mean(-1)})
+        return gradient_pass(model, groups, score_coef, path_coef, special, micro_batch, *args, **kwargs)
+
+    monkeypatch.setattr(train, "gradient_pass", checked)
+    _, lines = run(tmp_path, "--estimator", "rlpr", "--steps", "2", "--logprobs", scoring, "--no-eval-first",
+                   "--no-checkpoints")
+    # plain: the same computation, the same numbers. fast: on the tiny model r and r_base are near-uniform token
+    # probabilities (~4e-3) that differ by ~1e-6, so the log-probs' fp32 rounding moves r_hat, its std and the
+    # coefficients (~0.2) by up to ~5e-5 (measured); a wrong r_base or threshold moves them by ~0.1.
+    exact = dict(atol=1e-12, rtol=1e-12) if scoring == "plain" else dict(atol=2e-4, rtol=1e-2)
+    for line, step, threshold in zip(lines, seen, [0.0, seen[0]["std_mean"]]):
+        assert line["rlpr/threshold"] == pytest.approx(threshold, rel=exact["rtol"], abs=exact["atol"])
+        score_coef, path_coef = related.rlpr_coefficients(*step["inputs"], std_threshold=threshold)
+        torch.testing.assert_close(step["score_coef"], score_coef, **exact)
+        assert (step["path_coef"] == 0).all()
+        assert line["w_bar_mean"] == pytest.approx(step["w_bar"].mean().item(), rel=1e-5)
+    assert all((step["score_coef"] != 0).any() for step in seen)  # not a vacuous check
+    assert lines[1]["rlpr/filtered_frac"] == 0.5  # step 2's threshold dropped one of its two questions
+
+
+def test_an_rlpr_run_resumes_its_threshold(tmp_path, monkeypatch):
+    """The std filter's moving average is saved with the trainer state: a resumed rlpr run logs the thresholds (and
+    everything else) of an uninterrupted one."""
+    rlpr_threshold_from_step_2(monkeypatch)
+    _, straight = run(tmp_path, "--estimator", "rlpr", "--steps", "3", "--no-eval-first", name="straight")
+    out, _ = run(tmp_path, "--estimator", "rlpr", "--steps", "2", "--no-eval-first", name="resumed")
+    train.main(FAST + ["--out", str(out), "--estimator", "rlpr", "--steps", "3", "--no-eval-first", "--resume"])
+    resumed = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    def training_numbers(line):
+        return {k: v for k, v in line.items() if not k.startswith(("time_", "val/"))}
+
+    assert straight[2]["rlpr/threshold"] > 0
     assert [training_numbers(line) for line in resumed] == [training_numbers(line) for line in straight]
 
 
@@ -165,6 +232,7 @@ def test_eval_on_a_saved_checkpoint(tmp_path):
     (["--eval-batch", "0"], "--eval-batch must be >= 1"),
     (["--K", "0"], "--K must be >= 1"),
     (["--preset", "gpu"], "invalid choice"),
+    (["--data", "synth", "--task", "hotpotqa"], "--data synth: the fictional questions are in MuSiQue's format"),
 ])
 def test_bad_flags_fail_before_any_model_loads(tmp_path, monkeypatch, capsys, flags, message):
     monkeypatch.setattr(train, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
@@ -323,3 +391,16 @@ def test_the_two_switches_pick_the_reference_or_its_fast_twin():
     generate, scoring = train.implementations("fast", "fast", (8, 64))
     assert generate.func is fast_decode.generate and generate.keywords == {"buffer_shape": (8, 64)}
     assert scoring is fast_logprobs
+
+
+def test_the_heldout_preset_trains_on_fresh_questions_and_validates_on_held_out_ones():
+    """--preset cpu-heldout: the shipped fictional training questions, each seen once in 10 steps of 4, and 32
+    validation questions from the held-out file, none of them among the training ones."""
+    args = train.parse_args(["--preset", "cpu-heldout", "--out", "unused"])
+    assert (args.task, Path(args.data), Path(args.val_data)) == ("musique", data.SYNTH_FILES["train"],
+                                                                  data.SYNTH_FILES["test"])
+    train_examples, val_examples = train.load_data(args)
+    assert len(val_examples) == 32 and args.steps * args.B <= len(train_examples)  # no question seen twice
+    assert not {e["question"] + e["context"] for e in val_examples} & {e["question"] + e["context"] for e in train_examples}
+    assert train.parse_args(["--preset", "cpu-heldout", "--val-data", str(data.SAMPLE_FILES["musique"]),
+                             "--out", "unused"]).val_data == str(data.SAMPLE_FILES["musique"])  # a flag given wins

@@ -1,4 +1,5 @@
-"""GARL and PAFT inside TRL's GRPOTrainer (trl_garl.py), checked against our own estimators, on CPU.
+"""GARL and PAFT (and LaTRO, GRPO-soft) inside TRL's GRPOTrainer (trl_garl.py), checked against our own
+estimators, on CPU.
 
 Needs TRL (pip install -r requirements-trl.txt). vLLM cannot run on CPU: its rationale cutting and sampling
 options are tested here, the vLLM engine itself is not.
@@ -20,7 +21,7 @@ except ImportError as e:  # loud, not skipped: CI must install requirements-trl.
 import trl_worker as w
 from prompts import gold_ids, prompt_ids, user_message
 from rollout import Sample, SpecialTokens, generate
-from scale.trl_garl import GARLTrainer, rationale_from_generated, vllm_sampling_kwargs
+from scale.trl_garl import ESTIMATORS, GARLTrainer, rationale_from_generated, vllm_sampling_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO = w.EXAMPLES[:2]  # B = 2 questions, M = 4: one step is 8 rows
@@ -55,18 +56,25 @@ def questions_in_step_order(trainer):
     return [key for key, _ in served[::w.M]]
 
 
-def test_one_step_equals_garl_and_paft_losses(tmp_path, rollouts):
-    """The gradient of one GARLTrainer step is the autograd gradient of garl_loss / paft_loss (same PAFT draws)."""
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_one_step_equals_our_estimator(tmp_path, rollouts, estimator):
+    """The gradient of one GARLTrainer step is the autograd gradient of garl_loss / paft_loss (same PAFT draws),
+    or of train.py's loss with related.py's coefficients (LaTRO, GRPO-soft); the step logs train.py's monitors."""
     tok, fixed = rollouts
-    for estimator in ["garl", "paft"]:
-        grad, trainer = one_step(tmp_path, tok, fixed, per_device=8, accumulation=1, estimator=estimator)
-        order = questions_in_step_order(trainer)
-        generator = trainer.paft_generator(0) if estimator == "paft" else None
-        reference = w.reference_gradient(tok, fixed, order, estimator, q=0.75, generator=generator)
-        assert w.relative_error(grad, reference) <= 1e-5, estimator
-    # PAFT's draws matter: another generator gives another gradient (the comparison above can fail).
-    other = w.reference_gradient(tok, fixed, order, "paft", q=0.75, generator=torch.Generator().manual_seed(12345))
-    assert w.relative_error(grad, other) > 1e-2
+    grad, trainer = one_step(tmp_path, tok, fixed, per_device=8, accumulation=1, estimator=estimator)
+    order = questions_in_step_order(trainer)
+    generator = trainer.paft_generator(0) if estimator == "paft" else None
+    reference = w.reference_gradient(tok, fixed, order, estimator, q=0.75, generator=generator)
+    # GRPO-soft's coefficients are functions of the differences of log w between rationales (0.02-0.09 nats
+    # here), and TRL's log-probs agree with logprobs.py's on log w to one fp32 ulp (2e-6 at log w ~ -22): its
+    # gradient agrees to 3e-5 (3e-7 from the trainer's own log w). The others agree to 6e-7.
+    bound = 1e-4 if estimator == "grpo-soft" else 1e-5
+    assert w.relative_error(grad, reference) <= bound
+    logged = next(line for line in trainer.state.log_history if "w_bar_mean" in line)
+    assert ("max_amplified_advantage" in logged) == (estimator == "garl")  # a GARL quantity, as in train.monitor
+    if estimator == "paft":  # PAFT's draws matter: another generator gives another gradient (the test can fail)
+        other = w.reference_gradient(tok, fixed, order, "paft", q=0.75, generator=torch.Generator().manual_seed(12345))
+        assert w.relative_error(grad, other) > 1e-2
 
 
 # ------------------------------------------------------------------------------------------------ 2. micro-batches
@@ -194,8 +202,7 @@ def test_vllm_rationale_cutting_matches_rollout():
 
 # ------------------------------------------------------------------------------------------------ 5. refused settings
 @pytest.mark.parametrize("field, value", [
-    ("estimator", "grpo"), ("q", 1.5), ("q_final", -0.1), ("q_schedule", "cosine"), ("paft_k", 0),
-    ("no_pathwise", True),  # with estimator="paft" below
+    ("estimator", "sft"), ("q", 1.5), ("q_final", -0.1), ("q_schedule", "cosine"), ("paft_k", 0),
     ("beta", 0.04), ("num_iterations", 2), ("steps_per_generation", 2), ("generation_batch_size", 8),
     ("temperature", 0.7), ("top_p", 0.95), ("top_k", 20), ("min_p", 0.05), ("repetition_penalty", 1.1),
     ("generation_kwargs", {"seed": 1}), ("vllm_structured_outputs_regex", "a+"),
@@ -205,10 +212,31 @@ def test_vllm_rationale_cutting_matches_rollout():
     ("max_completion_length", 0),
 ])
 def test_refused_config_settings(tmp_path, field, value):
-    extra = {"estimator": "paft"} if field == "no_pathwise" else {}
     name = "steps_per_generation" if field == "generation_batch_size" else field  # the derived field is named
+    estimator = "paft" if field == "paft_k" else "garl"  # paft_k=0: refused as a bad K, not as PAFT's field
     with pytest.raises(ValueError, match=f"GARLConfig.{name}="):
-        w.config(tmp_path, per_device=4, accumulation=1, **{field: value, **extra})
+        w.config(tmp_path, per_device=4, accumulation=1, **{"estimator": estimator, field: value})
+
+
+@pytest.mark.parametrize("estimator, why", [
+    ("maxrl", "verifier.*GRPOTrainer with the verifier as reward function"),
+    ("grpo", "verifier.*TRL's own GRPOTrainer"),
+    ("rlpr", "per-token probabilities of y\\* and a second pass without the rationale.*train.py --estimator rlpr"),
+], ids=["maxrl", "grpo", "rlpr"])
+def test_refused_estimators_say_why(tmp_path, estimator, why):
+    """train.py's estimators that need more than log w [B, M] (the model's own answers, per-token probabilities)."""
+    with pytest.raises(ValueError, match=f"GARLConfig.estimator='{estimator}': .*{why}.*; set estimator='garl'"):
+        w.config(tmp_path, per_device=4, accumulation=1, estimator=estimator)
+
+
+@pytest.mark.parametrize("estimator, field, value", [
+    ("paft", "no_pathwise", True), ("latro", "no_pathwise", True), ("grpo-soft", "no_pathwise", True),
+    ("garl", "paft_k", 2), ("latro", "paft_k", 2), ("grpo-soft", "paft_k", 2),
+])
+def test_refused_settings_of_another_estimator(tmp_path, estimator, field, value):
+    """no_pathwise is GARL's, paft_k PAFT's: with another estimator they would be silently ignored."""
+    with pytest.raises(ValueError, match=f"GARLConfig.{field}="):
+        w.config(tmp_path, per_device=4, accumulation=1, estimator=estimator, **{field: value})
 
 
 @pytest.mark.parametrize("field", ["reward_funcs", "tools", "rollout_func", "environment_factory", "eval_dataset"])

@@ -24,6 +24,7 @@ from garl import garl_coefficients, garl_loss  # noqa: E402
 from logprobs import sequence_logprobs  # noqa: E402
 from paft import paft_loss  # noqa: E402
 from prompts import build_prompt, gold_ids, prompt_ids  # noqa: E402
+from related import related_coefficients  # noqa: E402
 from rollout import Sample, SpecialTokens  # noqa: E402
 from scale.trl_garl import GARLConfig, GARLTrainer  # noqa: E402
 
@@ -139,9 +140,10 @@ def run_step(trainer_cls, model, tok, cfg, examples, rollouts):
 
 
 def reference_gradient(tok, rollouts, question_order, estimator="garl", q=0.75, generator=None):
-    """The autograd gradient of garl_loss / paft_loss on the same rows, with the project's own log-probs
-    (logprobs.sequence_logprobs: EOS out of the rationale tokens' softmax, forced tokens not counted), on a
-    freshly built tiny model (the same weights: build_tiny_model is seeded)."""
+    """The autograd gradient of garl_loss / paft_loss (LaTRO, GRPO-soft: train.py's step 3 and loss,
+    related_coefficients on log w and -(1/B) sum(score_coef logp_z + path_coef logp_y)) on the same rows, with
+    the project's own log-probs (logprobs.sequence_logprobs: EOS out of the rationale tokens' softmax, forced
+    tokens not counted), on a freshly built tiny model (the same weights: build_tiny_model is seeded)."""
     model = models.build_tiny_model(tok)
     tokens = SpecialTokens.of(tok, model.generation_config)
     answers = {tuple(prompt_ids(tok, ex, TASK, START)): ex["answer"] for ex in EXAMPLES}
@@ -149,10 +151,14 @@ def reference_gradient(tok, rollouts, question_order, estimator="garl", q=0.75, 
             for key in question_order for s in rollouts[key]]
     logp_z, logp_y = sequence_logprobs(model, rows, tokens)  # [B*M] each
     B = len(question_order)
+    logp_z, logp_y = logp_z.view(B, M), logp_y.view(B, M)  # [B, M] each
     if estimator == "garl":
-        loss = garl_loss(logp_z.view(B, M), logp_y.view(B, M), q)
-    else:
-        loss = paft_loss(logp_z.view(B, M), logp_y.view(B, M), q, generator=generator)
+        loss = garl_loss(logp_z, logp_y, q)
+    elif estimator == "paft":
+        loss = paft_loss(logp_z, logp_y, q, generator=generator)
+    else:  # train.py: log w in fp64, then train.gradient_pass's loss
+        score_coef, path_coef = related_coefficients(estimator, logp_y.detach().double())  # [B, M] each
+        loss = -(score_coef.float() * logp_z + path_coef.float() * logp_y).sum() / B
     loss.backward()
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
