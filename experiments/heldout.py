@@ -518,7 +518,8 @@ SHARED = ("model", "M", "B", "steps", "lr", "think_budget", "answer_budget", "ev
 
 
 def merge(result: dict, other: dict, name: str) -> dict:
-    """result with other's runs added (a run already in result, same start, method and seed, is an error).
+    """result with other's runs (and methods) added (a run already in result, same start, method and seed, must
+    have the same numbers: it is kept once).
 
     The settings that decide a run's numbers (SHARED) must be equal; timings are kept side by side.
     """
@@ -536,6 +537,10 @@ def merge(result: dict, other: dict, name: str) -> dict:
     repeats = [key(r) for r in other["runs"] if key(r) in have]
     new = [r for r in other["runs"] if key(r) not in have]
     merged = dict(result, runs=result["runs"] + new, partial=result["partial"] or other["partial"])
+    # Methods run only in other (e.g. the related ones, docs/related.md) join the tables and the figure.
+    methods = result["settings"]["methods"] + [m for m in other["settings"]["methods"]
+                                               if m not in result["settings"]["methods"]]
+    merged["settings"] = dict(result["settings"], methods=methods)
     merged["merged_from"] = result.get("merged_from", []) + [{"dir": name, "jobs": len(new), "identical_repeats": repeats,
                                                               "timing": other.get("timing"), "partial": other["partial"]}]
     return merged

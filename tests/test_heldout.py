@@ -119,13 +119,16 @@ def test_shrunken_end_to_end_run_on_the_tiny_model(tmp_path):
 
 
 def test_merge_adds_seeds_and_refuses_other_settings_or_duplicate_runs():
-    settings = {k: 1 for k in heldout.SHARED}
-    run = lambda seed: {"kind": "run", "start": "cold", "method": "PAFT q=0.75", "seed": seed,  # noqa: E731
-                        "trace": [{"step": 6, "p@1": 10.0, "maj@n": 10.0}]}
+    settings = {**{k: 1 for k in heldout.SHARED}, "methods": [["PAFT q=0.75", "paft", 0.75]]}
+    run = lambda seed, method="PAFT q=0.75": {"kind": "run", "start": "cold", "method": method, "seed": seed,  # noqa: E731
+                                              "trace": [{"step": 6, "p@1": 10.0, "maj@n": 10.0}]}
     a = {"settings": settings, "runs": [run(0)], "partial": False}
     b = {"settings": dict(settings), "runs": [run(1)], "partial": True, "timing": None}
     merged = heldout.merge(a, b, "b")
     assert [r["seed"] for r in merged["runs"]] == [0, 1] and merged["partial"] and merged["merged_from"][0]["jobs"] == 1
+    # another experiment's methods (the related ones) join the tables
+    c = {"settings": dict(settings, methods=[["LaTRO", "latro", 0.0]]), "runs": [run(0, "LaTRO")], "partial": False}
+    assert heldout.merge(a, c, "c")["settings"]["methods"] == [["PAFT q=0.75", "paft", 0.75], ["LaTRO", "latro", 0.0]]
     again = heldout.merge(merged, b, "b")  # the same run twice, same numbers: kept once
     assert len(again["runs"]) == 2 and again["merged_from"][-1]["identical_repeats"] == [("run", "cold", "PAFT q=0.75", 1)]
     other = dict(b, runs=[dict(run(1), trace=[{"step": 6, "p@1": 0.0, "maj@n": 0.0}])])
