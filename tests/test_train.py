@@ -394,13 +394,15 @@ def test_the_two_switches_pick_the_reference_or_its_fast_twin():
 
 
 def test_the_heldout_preset_trains_on_fresh_questions_and_validates_on_held_out_ones():
-    """--preset cpu-heldout: the shipped fictional training questions, each seen once in 10 steps of 4, and 32
-    validation questions from the held-out file, none of them among the training ones."""
-    args = train.parse_args(["--preset", "cpu-heldout", "--out", "unused"])
+    """--preset cpu-heldout: the shipped fictional training questions, each seen once in 10 steps of 8, and the
+    first 32 questions of the held-out file (experiments/heldout.py's test set), none of them trained on."""
+    args = train.parse_args(["--preset", "cpu-heldout", "--q", "0.75", "--estimator", "paft", "--out", "unused"])
+    assert (args.steps, args.B, args.M) == (10, 8, 2)
     assert (args.task, Path(args.data), Path(args.val_data)) == ("musique", data.SYNTH_FILES["train"],
                                                                   data.SYNTH_FILES["test"])
     train_examples, val_examples = train.load_data(args)
-    assert len(val_examples) == 32 and args.steps * args.B <= len(train_examples)  # no question seen twice
+    assert val_examples == data.load_examples("musique", path=data.SYNTH_FILES["test"])[:32]  # whatever the seed
+    assert args.steps * args.B <= len(train_examples)  # no question seen twice
     assert not {e["question"] + e["context"] for e in val_examples} & {e["question"] + e["context"] for e in train_examples}
     assert train.parse_args(["--preset", "cpu-heldout", "--val-data", str(data.SAMPLE_FILES["musique"]),
                              "--out", "unused"]).val_data == str(data.SAMPLE_FILES["musique"])  # a flag given wins
