@@ -82,6 +82,7 @@ GENERATOR = {"seed": 0, "two_hop": 0.0, "people": 4, "val": 64, "test": 64}
 # Escape and collapse, on the training batch's w_bar (fresh questions every step): escaped once w_bar passes
 # ESCAPE_W; collapsed when, after that, a step's w_bar falls below COLLAPSE_W (a hundred times lower).
 ESCAPE_W, COLLAPSE_W = 1e-2, 1e-4
+PANELS_PER_ROW = 5  # the figure: the five methods in a row; the related ones (docs/related.md) on the next
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -405,8 +406,8 @@ def kinds_table(runs: list[dict], methods: list[str], starts: list[str], seed: i
 
 # ------------------------------------------------------------------------------------------------ figure
 def plot(result: dict, path: Path) -> bool:
-    """Held-out p@1 against the step: one panel per method (columns) and start (rows), one thin line per seed
-    (every seed visible), their mean thick, step 0 each run's untrained model. False without matplotlib."""
+    """Held-out p@1 against the step: one panel per start and method (PANELS_PER_ROW to a row), one thin line per
+    seed (every seed visible), their mean thick, step 0 each run's untrained model. False without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -416,25 +417,28 @@ def plot(result: dict, path: Path) -> bool:
         return False
     runs, methods = result["runs"], [m[0] for m in result["settings"]["methods"]]
     starts = result["settings"]["starts"]
-    fig, axes = plt.subplots(len(starts), len(methods), figsize=(3.2 * len(methods), 3.0 * len(starts) + 0.6),
-                             squeeze=False, sharex=True, sharey=True)
-    for row, start in enumerate(starts):
-        for col, method in enumerate(methods):
-            ax, color = axes[row][col], plt.cm.tab10(col)
-            mine = [r for r in runs if r["kind"] == "run" and r["start"] == start and r["method"] == method]
-            for r in mine:
-                ax.plot([p["step"] for p in r["trace"]], [p["p@1"] for p in r["trace"]], color=color, lw=1.0,
-                        alpha=0.55, marker="o", ms=2.5)
-            if len(mine) > 1 and len({len(r["trace"]) for r in mine}) == 1:
-                steps = [p["step"] for p in mine[0]["trace"]]
-                mean = [statistics.mean(r["trace"][i]["p@1"] for r in mine) for i in range(len(steps))]
-                ax.plot(steps, mean, color=color, lw=2.5)
-            ax.set_title(f"{method}, {start} ({len(mine)} seed{'' if len(mine) == 1 else 's'})", fontsize=9)
-            ax.grid(alpha=0.3)
-            if row == len(starts) - 1:
-                ax.set_xlabel("training step")
-            if col == 0:
-                ax.set_ylabel(f"held-out p@1 (%), {result['settings']['test_questions']} questions")
+    panels = [(start, col, method) for start in starts for col, method in enumerate(methods)]  # one per start x method
+    ncols = min(PANELS_PER_ROW, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.0 * nrows + 0.6), squeeze=False, sharex=True,
+                             sharey=True)
+    for i, (start, col, method) in enumerate(panels):
+        ax, color = axes.flat[i], plt.cm.tab10(col % 10)
+        mine = [r for r in runs if r["kind"] == "run" and r["start"] == start and r["method"] == method]
+        for r in mine:
+            ax.plot([p["step"] for p in r["trace"]], [p["p@1"] for p in r["trace"]], color=color, lw=1.0,
+                    alpha=0.55, marker="o", ms=2.5)
+        if len(mine) > 1 and len({len(r["trace"]) for r in mine}) == 1:
+            steps = [p["step"] for p in mine[0]["trace"]]
+            mean = [statistics.mean(r["trace"][i]["p@1"] for r in mine) for i in range(len(steps))]
+            ax.plot(steps, mean, color=color, lw=2.5)
+        ax.set_title(f"{method}, {start} ({len(mine)} seed{'' if len(mine) == 1 else 's'})", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("training step")
+        if i % ncols == 0:
+            ax.set_ylabel(f"held-out p@1 (%), {result['settings']['test_questions']} questions")
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
     axes[0][0].set_ylim(-2, max(20, max(ax.get_ylim()[1] for ax in axes.flat)))  # shared: one scale for all
     fig.suptitle("SmolLM2-135M on fictional one-hop questions it never trains on: held-out p@1 "
                  "(thin: one seed; thick: the mean over seeds; step 0: the untrained model)", fontsize=10)
