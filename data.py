@@ -408,7 +408,7 @@ def load_train_val(task: str, data: str, val_data: str | None = None, val_size: 
     train = load_examples(task, "train", None if hub else data, seed)
     if val_data:  # the shipped held-out file is used as it is (its first val_size rows, as experiments/heldout.py
         # uses them); another file is carved as the paper's val subset of a dev split
-        val = load_examples(task, None if Path(val_data) == SYNTH_FILES["test"] else "val", val_data, seed)
+        val = load_examples(task, None if Path(val_data).resolve() == SYNTH_FILES["test"] else "val", val_data, seed)
     elif hub:
         val = load_examples(task, "val", None, seed)
     else:  # hold out val_size questions of the local file

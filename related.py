@@ -306,6 +306,13 @@ def rlpr_coefficients(token_logp_y: torch.Tensor, y_mask: torch.Tensor,
     tensor([[0., 0.]])
     """
     r_hat = rlpr_rewards(token_logp_y.detach().double(), y_mask, base_token_logp_y, base_y_mask)  # [B, M] fp64
+    score_coef = _rlpr_score_coef(r_hat, std_threshold, eps)  # [B, M]
+    out_dtype = _out_dtype(token_logp_y)
+    return score_coef.to(out_dtype), torch.zeros_like(score_coef).to(out_dtype)
+
+
+def _rlpr_score_coef(r_hat: torch.Tensor, std_threshold: float, eps: float) -> torch.Tensor:
+    """A_m / M from the rewards r_hat [B, M]: GRPO's group normalization, 0 for a group under the std threshold."""
     M = r_hat.shape[-1]
     if M < 2:
         raise ValueError(f"RLPR normalizes within a group: need M >= 2 samples per question, got {M}")
@@ -313,25 +320,23 @@ def rlpr_coefficients(token_logp_y: torch.Tensor, y_mask: torch.Tensor,
     std = r_hat.std(-1, keepdim=True)  # [B, 1]  unbiased, as verl's GRPO
     keep = (std >= std_threshold) & (std > 0)  # [B, 1]  RLPR's std filter; std 0 has no signal anyway
     adv = torch.where(keep, (r_hat - mean) / (std + eps), 0.0)  # [B, M]  A_m
-    score_coef = adv / M
-    out_dtype = _out_dtype(token_logp_y)
-    return score_coef.to(out_dtype), torch.zeros_like(score_coef).to(out_dtype)
+    return adv / M
 
 
 def rlpr_step(token_logp_y: torch.Tensor, y_mask: torch.Tensor, base_token_logp_y: torch.Tensor,
               base_y_mask: torch.Tensor, threshold: "RLPRThreshold") -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """train.py's step 3 for RLPR: rlpr_coefficients with the run's adaptive threshold, and what to log.
+    """train.py's step 3 for RLPR: rlpr_coefficients' numbers with the run's adaptive threshold, and what to log.
 
     Inputs as rlpr_rewards ([B, M, T] and [B, T'], train.rlpr_token_logprobs); threshold: the run's RLPRThreshold,
     updated here with this batch's mean group std (its threshold comes from the batches before it).
     Returns (score_coef, path_coef, stats): stats under stable names, rlpr/reward_mean (r_hat), rlpr/std_mean (the
     mean over groups of r_hat's std), rlpr/threshold, rlpr/filtered_frac (groups under the threshold).
     """
-    r_hat = rlpr_rewards(token_logp_y, y_mask, base_token_logp_y, base_y_mask)  # [B, M] clip(r - r_base, 0, 1)
-    r_std = r_hat.double().std(-1)  # [B] each group's reward std, the one rlpr_coefficients filters on
+    r_hat = rlpr_rewards(token_logp_y.detach().double(), y_mask, base_token_logp_y, base_y_mask)  # [B, M] fp64
+    r_std = r_hat.std(-1)  # [B] each group's reward std, the one the filter reads
     std_threshold = threshold.update(r_std.mean().item())  # set by the batches before this one
-    score_coef, path_coef = rlpr_coefficients(token_logp_y, y_mask, base_token_logp_y, base_y_mask,
-                                              std_threshold=std_threshold)  # [B, M] each
+    score_coef = _rlpr_score_coef(r_hat, std_threshold, eps=1e-6).to(_out_dtype(token_logp_y))  # [B, M]
+    path_coef = torch.zeros_like(score_coef)  # [B, M]: no pathwise term
     stats = {"rlpr/reward_mean": r_hat.mean().item(), "rlpr/std_mean": r_std.mean().item(),
              "rlpr/threshold": std_threshold, "rlpr/filtered_frac": (r_std < std_threshold).double().mean().item()}
     return score_coef, path_coef, stats

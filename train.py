@@ -198,11 +198,11 @@ def train(args, model, tokenizer, train_examples, val_examples) -> Path:
         with timer("weights"), precision_context(args.device, args.precision):
             if not verified(args.estimator):
                 attach_gold_answers(groups, examples, tokenizer)
-                flat = [s for g in groups for s in g]
                 if args.estimator == "rlpr":  # y* token by token, after each rationale and after none
                     rlpr_inputs = rlpr_token_logprobs(model, groups, special, args.micro_batch, scoring)
                     log_w = rlpr_inputs[0].sum(-1)  # [B, M]: log_weights' log w, summed here
                 else:
+                    flat = [s for g in groups for s in g]
                     log_w = scoring.log_weights(model, flat, special, args.micro_batch)  # [B * M]
                 log_w = log_w.view(B, M).double()  # [B, M] log w_m = log p(y*|x, z_m)
             else:

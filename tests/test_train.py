@@ -402,6 +402,8 @@ def test_the_heldout_preset_trains_on_fresh_questions_and_validates_on_held_out_
                                                                   data.SYNTH_FILES["test"])
     train_examples, val_examples = train.load_data(args)
     assert val_examples == data.load_examples("musique", path=data.SYNTH_FILES["test"])[:32]  # whatever the seed
+    relative = os.path.relpath(data.SYNTH_FILES["test"])  # the same file named another way: the same questions
+    assert data.load_train_val("musique", args.data, relative, 32, seed=5)[1] == val_examples
     assert args.steps * args.B <= len(train_examples)  # no question seen twice
     assert not {e["question"] + e["context"] for e in val_examples} & {e["question"] + e["context"] for e in train_examples}
     assert train.parse_args(["--preset", "cpu-heldout", "--val-data", str(data.SAMPLE_FILES["musique"]),
